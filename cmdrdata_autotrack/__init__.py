@@ -1,0 +1,71 @@
+"""cmdrdata-autotrack: meter every billable OpenAI call per customer, without code changes.
+
+Importing this package does not import ``openai`` (``TrackedOpenAI`` loads it on
+first use) and does not start the agent: ``cmdrdata-run``, ``import
+cmdrdata_autotrack.auto`` or :func:`instrument` do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .attribution.context import (
+    clear_customer,
+    customer_context,
+    get_customer,
+    reset_customer,
+    set_customer,
+)
+
+if TYPE_CHECKING:
+    from .tracked_client import AsyncTrackedOpenAI, TrackedOpenAI
+
+
+def instrument(**settings: Any) -> None:
+    """Start the agent from code (``settings`` override the environment)."""
+    from . import agent
+    from .config import Settings
+    from .telemetry import logging as agent_logging
+
+    resolved = Settings.from_env(**settings)
+    agent_logging.configure(resolved.log_level)
+    agent.start(resolved)
+
+
+def uninstrument() -> None:
+    """Restore the ``openai`` SDK's original methods and stop metering."""
+    from . import agent
+
+    agent.uninstrument()
+
+
+# The names of the cmdrdata-openai package, so code written for it keeps working.
+set_customer_context = set_customer
+clear_customer_context = clear_customer
+get_customer_context = get_customer
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrackedOpenAI", "AsyncTrackedOpenAI"):
+        from . import tracked_client
+
+        return getattr(tracked_client, name)
+    raise AttributeError(f"module 'cmdrdata_autotrack' has no attribute {name!r}")
+
+
+__all__ = [
+    "AsyncTrackedOpenAI",
+    "TrackedOpenAI",
+    "__version__",
+    "clear_customer",
+    "clear_customer_context",
+    "customer_context",
+    "get_customer",
+    "get_customer_context",
+    "instrument",
+    "reset_customer",
+    "set_customer",
+    "set_customer_context",
+    "uninstrument",
+]

@@ -1,0 +1,1 @@
+"""From finished spans to usage events, and on to cmdrdata."""

@@ -1,0 +1,1 @@
+"""Instrumentation, one package per provider SDK."""

@@ -1,0 +1,95 @@
+"""Tap a streamed HTTP response: its bytes pass through an observer on their way to the SDK.
+
+The tap shadows ``iter_bytes``/``aiter_bytes`` and ``close``/``aclose`` on the
+one response instance (``read()``, ``iter_lines()`` and the SDK's ``Stream``
+all read through ``iter_bytes``), and registers a finalizer for a body that is
+never read. The closures hold the response only weakly, so an abandoned
+response is still freed by reference counting and its span ends then.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .call import MeteredCall
+
+
+def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]:
+    observer = call.observer
+    assert observer is not None
+    try:
+        for chunk in source:
+            call.on_first_chunk()
+            out = observer.feed(chunk)
+            if out:
+                yield out
+        rest = observer.flush()
+        if rest:
+            yield rest
+    except GeneratorExit:
+        call.finish_stream("closed")
+        raise
+    except BaseException as exc:
+        call.finish_stream("error", exc)
+        raise
+    call.finish_stream("completed")
+
+
+async def _observe_async(source: AsyncIterator[bytes], call: MeteredCall) -> AsyncIterator[bytes]:
+    observer = call.observer
+    assert observer is not None
+    try:
+        async for chunk in source:
+            call.on_first_chunk()
+            out = observer.feed(chunk)
+            if out:
+                yield out
+        rest = observer.flush()
+        if rest:
+            yield rest
+    except GeneratorExit:
+        call.finish_stream("closed")
+        raise
+    except BaseException as exc:
+        call.finish_stream("error", exc)
+        raise
+    call.finish_stream("completed")
+
+
+def tap_sync(response: Any, call: MeteredCall) -> None:
+    ref = weakref.ref(response)
+    cls = type(response)
+
+    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        return _observe_sync(cls.iter_bytes(ref(), chunk_size), call)
+
+    def close() -> None:
+        try:
+            cls.close(ref())
+        finally:
+            call.finish_stream("closed")
+
+    response.iter_bytes = iter_bytes
+    response.close = close
+    weakref.finalize(response, call.finish_stream, "abandoned")
+
+
+def tap_async(response: Any, call: MeteredCall) -> None:
+    ref = weakref.ref(response)
+    cls = type(response)
+
+    def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        return _observe_async(cls.aiter_bytes(ref(), chunk_size), call)
+
+    async def aclose() -> None:
+        try:
+            await cls.aclose(ref())
+        finally:
+            call.finish_stream("closed")
+
+    response.aiter_bytes = aiter_bytes
+    response.aclose = aclose
+    weakref.finalize(response, call.finish_stream, "abandoned")

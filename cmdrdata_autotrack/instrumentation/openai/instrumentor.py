@@ -1,0 +1,141 @@
+"""Patch the ``openai`` SDK's resource classes when (and only when) their modules are imported.
+
+Post-import hooks fire for each resource module as the SDK loads it (lazily
+since openai 1.78), so the agent adds nothing to start-up and never imports
+``openai`` itself. Classes, not instances, are patched: every client is covered,
+whenever it was made. :func:`uninstrument` puts the original functions back.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from ...telemetry.logging import error_once, logger, warn_once
+from .endpoints import (
+    BASE_CLIENT_MODULE,
+    ENDPOINTS,
+    PROCESS_RESPONSE,
+    SUPPORTED_MAX_EXCLUSIVE,
+    SUPPORTED_MIN,
+    all_modules,
+)
+from .wrappers import (
+    Runtime,
+    call_wrapper,
+    process_response_hook,
+    stream_helper_wrapper,
+    strip_only_wrapper,
+)
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+_hooks_registered = False
+_patched: list[tuple[type, str, Any]] = []  # (class, attribute, original)
+_MARK = "_self_cmdrdata_autotrack"  # wrapt keeps _self_* on the proxy itself
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = ([*text.split("."), "0"])[:2]
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def sdk_supported() -> bool:
+    """Whether the installed ``openai`` (already being imported) is in the supported range."""
+    version_module = sys.modules.get("openai._version") or sys.modules.get("openai.version")
+    text = getattr(version_module, "__version__", None) or getattr(version_module, "VERSION", "")
+    version = parse_version(str(text))
+    if SUPPORTED_MIN <= version < SUPPORTED_MAX_EXCLUSIVE:
+        return True
+    warn_once(
+        "sdk-version",
+        "openai %s is outside the supported range (>=%d.%d, <%d); it is left uninstrumented",
+        text or "(unknown version)",
+        *SUPPORTED_MIN,
+        SUPPORTED_MAX_EXCLUSIVE[0],
+    )
+    return False
+
+
+def _wrap(cls: type, name: str, wrapper: Any) -> None:
+    original = cls.__dict__.get(name)
+    if original is None or getattr(original, _MARK, False):
+        return
+    wrapped = wrapt.FunctionWrapper(original, wrapper)
+    setattr(wrapped, _MARK, True)
+    setattr(cls, name, wrapped)
+    _patched.append((cls, name, original))
+
+
+def _patch_module(module: ModuleType) -> None:
+    with _lock:
+        runtime = _runtime
+        if runtime is None:
+            return
+        try:
+            if not sdk_supported():
+                return
+            name = module.__name__
+            if name == BASE_CLIENT_MODULE:
+                if runtime.metering:
+                    for index, (cls_name, method) in enumerate(PROCESS_RESPONSE):
+                        cls = getattr(module, cls_name, None)
+                        if isinstance(cls, type):
+                            _wrap(cls, method, process_response_hook(is_async=index == 1))
+                return
+            for endpoint in ENDPOINTS:
+                if name not in endpoint.modules:
+                    continue
+                for index, cls_name in enumerate(endpoint.classes):
+                    cls = getattr(module, cls_name, None)
+                    if not isinstance(cls, type) or endpoint.method not in cls.__dict__:
+                        continue
+                    if not runtime.metering:
+                        wrapper: Any = strip_only_wrapper
+                    elif endpoint.role == "stream_helper":
+                        wrapper = stream_helper_wrapper(runtime, endpoint)
+                    else:
+                        wrapper = call_wrapper(runtime, endpoint, is_async=index == 1)
+                    _wrap(cls, endpoint.method, wrapper)
+            logger.debug("instrumented %s", name)
+        except Exception:
+            error_once(
+                "patch:" + module.__name__, "cmdrdata: could not instrument %s", module.__name__
+            )
+
+
+def instrument(runtime: Runtime) -> None:
+    """Patch the SDK now for modules already imported, and later for the rest."""
+    global _runtime, _hooks_registered
+    with _lock:
+        _runtime = runtime
+        if not _hooks_registered:
+            _hooks_registered = True
+            for name in (BASE_CLIENT_MODULE, *all_modules()):
+                wrapt.register_post_import_hook(_patch_module, name)
+        else:
+            for name in (BASE_CLIENT_MODULE, *all_modules()):
+                module = sys.modules.get(name)
+                if module is not None:
+                    _patch_module(module)
+
+
+def uninstrument() -> None:
+    """Restore every original method; modules imported later stay unpatched."""
+    global _runtime
+    with _lock:
+        _runtime = None
+        while _patched:
+            cls, name, original = _patched.pop()
+            setattr(cls, name, original)
+
+
+def is_instrumented() -> bool:
+    return bool(_patched)

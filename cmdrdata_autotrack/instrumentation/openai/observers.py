@@ -1,0 +1,229 @@
+"""Observers of a response body as its bytes pass from the network to the SDK.
+
+A streamed response (``stream=True``, ``.with_raw_response`` with a stream,
+``.with_streaming_response``) is read lazily by the caller. Instead of wrapping
+the object the caller gets back, the agent watches the bytes underneath it, so
+the caller keeps the SDK's own ``Stream`` / ``APIResponse`` object untouched.
+
+* :class:`SSEObserver` reads server-sent events: the first event (model, id),
+  finish reasons, content deltas (for estimates) and the usage event, which it
+  parses. It only ever parses JSON for those few events; every other chunk costs
+  a couple of byte searches. When the agent asked for ``include_usage`` itself
+  it removes the usage-only chunk from the bytes, so the caller sees exactly the
+  chunks it would have seen without the agent.
+* :class:`BodyObserver` keeps the head and tail of a JSON body read through a
+  streaming response and extracts usage when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ...usage.extract import Extractor, extract_stream_event, field
+from ...usage.model import ResponseInfo, Usage
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,64})"')
+_DELTA = re.compile(rb'"(?:content|delta|text)"\s*:\s*"(?!")')
+_ERROR = re.compile(
+    rb'(?:^|\n)(?:event:\s*error|data:\s*\{\s*"error"\s*:\s*\{)|"type"\s*:\s*"error"'
+)
+_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
+_USAGE_TEXT = re.compile(r'"usage"\s*:\s*\{')
+_HEAD_MODEL = re.compile(r'"model"\s*:\s*"([^"]{1,256})"')
+_HEAD_ID = re.compile(r'"id"\s*:\s*"([^"]{1,256})"')
+_TERMINAL = (b"data: [DONE]", b"data:[DONE]")
+_TERMINAL_TYPES = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+def _last_boundary(buf: bytes) -> int:
+    """Index just past the last event separator in ``buf``, or -1."""
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+
+
+def event_data(event: bytes) -> Any:
+    """The JSON of an event's ``data:`` lines, or ``None``."""
+    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    try:
+        return json.loads(b"\n".join(lines))
+    except ValueError:
+        return None
+
+
+def is_usage_only_chunk(data: Any) -> bool:
+    """The extra chunk ``include_usage`` adds: no choices, a usage object."""
+    return (
+        isinstance(data, dict)
+        and data.get("choices") == []
+        and isinstance(data.get("usage"), dict)
+        and data.get("object") in ("chat.completion.chunk", "text_completion", None)
+    )
+
+
+class SSEObserver:
+    __slots__ = (
+        "_reasons",
+        "content_events",
+        "error",
+        "failed",
+        "family",
+        "hidden",
+        "hide_usage_chunk",
+        "info",
+        "pending",
+        "saw_event",
+        "terminal",
+        "usage",
+    )
+
+    def __init__(self, family: str, hide_usage_chunk: bool) -> None:
+        self.family = family
+        self.hide_usage_chunk = hide_usage_chunk
+        self.pending = b""
+        self.usage: Usage | None = None
+        self.info = ResponseInfo()
+        self.content_events = 0
+        self.saw_event = False
+        self.terminal = False
+        self.error = False
+        self.hidden = False
+        self.failed = False  # an internal error turned the observer into a pass-through
+        self._reasons: list[str] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Observe ``chunk``; return the bytes to hand on (``chunk`` itself unless hiding)."""
+        if self.failed:
+            return chunk
+        buf = self.pending + chunk if self.pending else chunk
+        try:
+            cut = _last_boundary(buf)
+            if cut < 0:
+                self.pending = buf
+                return b"" if self.hide_usage_chunk else chunk
+            block, self.pending = buf[:cut], buf[cut:]
+            out = self._observe(block)
+        except Exception:
+            # Never let observation change the stream: hand on everything held back.
+            self.failed, self.pending = True, b""
+            return buf if self.hide_usage_chunk else chunk
+        return out if self.hide_usage_chunk else chunk
+
+    def flush(self) -> bytes:
+        """The end of the body: hand on whatever was held back."""
+        rest, self.pending = self.pending, b""
+        if rest and not self.failed:
+            try:
+                self._observe(rest)
+            except Exception:
+                self.failed = True
+        return rest if self.hide_usage_chunk else b""
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return self.info.finish_reasons or self._reasons
+
+    def _observe(self, block: bytes) -> bytes:
+        if not self.saw_event:
+            self.saw_event = True
+            first = event_data(_SEPARATOR.split(block, 1)[0])
+            if isinstance(first, dict):
+                _, info = extract_stream_event(self.family, first)
+                if not info.model and not info.id:
+                    info = ResponseInfo(
+                        model=_str(field(first, "model")), id=_str(field(first, "id"))
+                    )
+                self.info.merge(info)
+        self.content_events += len(_DELTA.findall(block))
+        for match in _FINISH.finditer(block):
+            self._reasons.append(match.group(1).decode())
+        if any(t in block for t in _TERMINAL) or any(t in block for t in _TERMINAL_TYPES):
+            self.terminal = True
+        if _ERROR.search(block):
+            self.error = True
+        if _USAGE.search(block) is None:
+            return block
+        parts = _SEPARATOR.split(block)
+        kept: list[bytes] = []
+        skip_separator = False
+        for index, part in enumerate(parts):
+            if index % 2:  # a separator
+                if not skip_separator:
+                    kept.append(part)
+                skip_separator = False
+                continue
+            if _USAGE.search(part) is not None:
+                data = event_data(part)
+                if isinstance(data, dict):
+                    usage, info = extract_stream_event(self.family, data)
+                    if usage is not None:
+                        if self.usage is None:
+                            self.usage = usage
+                        else:
+                            self.usage.merge(usage)
+                    self.info.merge(info)
+                    if self.hide_usage_chunk and not self.hidden and is_usage_only_chunk(data):
+                        self.hidden = True
+                        skip_separator = True
+                        continue
+            kept.append(part)
+        return b"".join(kept)
+
+
+def _str(value: Any) -> str | None:
+    return value[:256] if isinstance(value, str) and value else None
+
+
+class BodyObserver:
+    """A non-SSE body read through a streaming response: usage is extracted at its end."""
+
+    __slots__ = ("extractor", "head", "size", "tail")
+    FULL = 1 << 20  # bodies up to 1 MiB are parsed whole
+    KEEP = 1 << 16  # larger ones: the usage object is looked for in the last 64 KiB
+
+    def __init__(self, extractor: Extractor) -> None:
+        self.extractor = extractor
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        if len(self.head) < self.FULL:
+            room = self.FULL - len(self.head)
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > 2 * self.KEEP:
+                del self.tail[: len(self.tail) - self.KEEP]
+        return chunk
+
+    def flush(self) -> bytes:
+        return b""
+
+    def result(self) -> tuple[Usage | None, ResponseInfo]:
+        if self.size <= self.FULL:
+            try:
+                return self.extractor(json.loads(bytes(self.head)))
+            except ValueError:
+                return None, ResponseInfo()
+        tail = bytes(self.tail[-self.KEEP :]).decode("utf-8", "replace")
+        starts = [m.end() - 1 for m in _USAGE_TEXT.finditer(tail)]
+        if not starts:
+            return None, ResponseInfo()
+        try:
+            usage_obj, _ = json.JSONDecoder().raw_decode(tail, starts[-1])
+        except ValueError:
+            return None, ResponseInfo()
+        usage, _ = self.extractor({"usage": usage_obj})
+        head = bytes(self.head[:4096]).decode("utf-8", "replace")
+        model, ident = _HEAD_MODEL.search(head), _HEAD_ID.search(head)
+        return usage, ResponseInfo(
+            model=model.group(1) if model else None, id=ident.group(1) if ident else None
+        )

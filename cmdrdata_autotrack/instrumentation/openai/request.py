@@ -1,0 +1,157 @@
+"""Pure functions from a request's keyword arguments to span attributes and known usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ...usage import attributes as A
+from ...usage.model import Usage
+
+# Hosts that are OpenAI's own API: stream usage is requested there by default.
+OPENAI_HOSTS = frozenset({"api.openai.com", "eu.api.openai.com", "us.api.openai.com"})
+_SENTINELS = frozenset({"NotGiven", "Omit"})
+
+
+def given(value: Any) -> bool:
+    """False for ``None`` and the SDK's ``NOT_GIVEN`` / ``omit`` sentinels."""
+    return value is not None and type(value).__name__ not in _SENTINELS
+
+
+def arg(kwargs: Mapping[str, Any], name: str) -> Any:
+    value = kwargs.get(name)
+    return value if given(value) else None
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def model_name(value: Any) -> str | None:
+    return value[:256] if isinstance(value, str) and value else None
+
+
+def _output_type(kwargs: Mapping[str, Any], default: str | None) -> str | None:
+    fmt = arg(kwargs, "response_format")
+    if fmt is None:
+        text = arg(kwargs, "text")
+        fmt = text.get("format") if isinstance(text, Mapping) else None
+    if isinstance(fmt, type):  # parse(response_format=PydanticModel)
+        return "json"
+    if isinstance(fmt, Mapping):
+        kind = fmt.get("type")
+        if kind in ("json_object", "json_schema"):
+            return "json"
+        if kind == "text":
+            return "text"
+    if isinstance(fmt, str) and fmt in ("json", "verbose_json", "diarized_json"):
+        return "json"
+    if isinstance(fmt, str) and fmt in ("text", "srt", "vtt"):
+        return "text"
+    return default or ("text" if "messages" in kwargs or "input" in kwargs else None)
+
+
+def request_attributes(kwargs: Mapping[str, Any], output_type: str | None) -> dict[str, Any]:
+    """``gen_ai.request.*`` attributes for the parameters the caller set."""
+    attrs: dict[str, Any] = {}
+    model = model_name(arg(kwargs, "model"))
+    if model:
+        attrs[A.REQUEST_MODEL] = model
+    for key, name in (
+        (A.REQUEST_TEMPERATURE, "temperature"),
+        (A.REQUEST_TOP_P, "top_p"),
+        (A.REQUEST_PRESENCE_PENALTY, "presence_penalty"),
+        (A.REQUEST_FREQUENCY_PENALTY, "frequency_penalty"),
+        (A.REQUEST_SEED, "seed"),
+    ):
+        value = _number(arg(kwargs, name))
+        if value is not None:
+            attrs[key] = value
+    for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+        value = _number(arg(kwargs, name))
+        if value is not None:
+            attrs[A.REQUEST_MAX_TOKENS] = value
+            break
+    n = _number(arg(kwargs, "n"))
+    if n is not None and n != 1:
+        attrs[A.REQUEST_CHOICE_COUNT] = n
+    stop = arg(kwargs, "stop")
+    if isinstance(stop, str):
+        attrs[A.REQUEST_STOP_SEQUENCES] = [stop]
+    elif isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop):
+        attrs[A.REQUEST_STOP_SEQUENCES] = list(stop)
+    encoding = arg(kwargs, "encoding_format")
+    if isinstance(encoding, str):
+        attrs[A.REQUEST_ENCODING_FORMATS] = [encoding]
+    tier = arg(kwargs, "service_tier")
+    if isinstance(tier, str):
+        attrs[A.OPENAI_REQUEST_SERVICE_TIER] = tier
+    if arg(kwargs, "stream") is True:
+        attrs[A.REQUEST_STREAM] = True
+    out = _output_type(kwargs, output_type)
+    if out:
+        attrs[A.OUTPUT_TYPE] = out
+    return attrs
+
+
+def request_usage(family: str, kwargs: Mapping[str, Any]) -> Usage | None:
+    """Billable units known from the request alone (speech characters, image size/quality)."""
+    if family == "speech":
+        text = arg(kwargs, "input")
+        return Usage(input_characters=len(text)) if isinstance(text, str) else None
+    if family == "images":
+        size, quality = arg(kwargs, "size"), arg(kwargs, "quality")
+        return Usage(
+            image_size=size if isinstance(size, str) else None,
+            image_quality=quality if isinstance(quality, str) else None,
+        )
+    return None
+
+
+def server_attributes(base_url: Any) -> dict[str, Any]:
+    """``server.address`` / ``server.port`` from the client's base URL (port 443 omitted)."""
+    try:
+        parts = urlsplit(str(base_url))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return {}
+    attrs: dict[str, Any] = {}
+    if host:
+        attrs[A.SERVER_ADDRESS] = host
+        if port is None:
+            port = 80 if parts.scheme == "http" else 443
+        if port != 443:
+            attrs[A.SERVER_PORT] = port
+    return attrs
+
+
+def should_inject_stream_usage(mode: str, host: str | None, kwargs: Mapping[str, Any]) -> bool:
+    """Whether to add ``stream_options.include_usage`` to this streaming request."""
+    if mode == "never" or arg(kwargs, "stream") is not True:
+        return False
+    options = arg(kwargs, "stream_options")
+    if isinstance(options, Mapping) and "include_usage" in options:
+        return False  # the caller decided
+    return mode == "always" or host in OPENAI_HOSTS
+
+
+def content_attributes(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """Prompt content, only ever called when content capture is enabled."""
+    attrs: dict[str, str] = {}
+    for source, key in (
+        ("messages", A.INPUT_MESSAGES),
+        ("input", A.INPUT_MESSAGES),
+        ("prompt", A.INPUT_MESSAGES),
+        ("instructions", A.SYSTEM_INSTRUCTIONS),
+    ):
+        value = arg(kwargs, source)
+        if value is not None and key not in attrs:
+            try:
+                attrs[key] = json.dumps(value, default=str, ensure_ascii=False)[:65536]
+            except (TypeError, ValueError):
+                continue
+    return attrs

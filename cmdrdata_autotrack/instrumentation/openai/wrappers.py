@@ -1,0 +1,268 @@
+"""The wrappers around the SDK's methods (installed with wrapt, on the classes).
+
+* :func:`call_wrapper` wraps a billable method: it takes the agent's keyword
+  arguments out, opens the call's span, calls the original with the caller's own
+  arguments (plus ``include_usage`` where configured) and returns its result
+  unchanged, or re-raises its exception unchanged.
+* :func:`stream_helper_wrapper` wraps ``.stream()`` helpers, which call
+  ``create`` later from their manager: it resolves the attribution now and
+  carries it to that ``create`` inside ``extra_headers`` (removed before sending).
+* :func:`process_response_hook` sees the SDK's final HTTP response of the
+  current call, whatever entry point made it, and taps streamed bodies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry.trace import SpanKind
+
+from ...attribution.resolve import Attribution, resolve
+from ...config import Settings
+from ...telemetry import metrics
+from ...telemetry.logging import error_once
+from ...tracing.provider import TracerSource
+from ...usage import attributes as A
+from . import request as R
+from .call import MeteredCall
+from .endpoints import Endpoint
+
+# The call whose SDK request is in progress in this context (helpers nest inside it).
+ACTIVE: contextvars.ContextVar[MeteredCall | None] = contextvars.ContextVar(
+    "cmdrdata_active_call", default=None
+)
+AGENT_KWARGS = ("customer_id", "tracking_metadata", "track_usage")
+CARRY_HEADER = "X-Cmdrdata-Carry"
+
+
+class Carried(str):
+    """An ``extra_headers`` value that carries a stream helper's attribution to ``create``.
+
+    It is a one-character string, so if it ever reached the SDK it would be a
+    harmless header; the call wrapper always removes it first.
+    """
+
+    attribution: Attribution | None
+    track: bool
+
+    def __new__(cls, attribution: Attribution | None, track: bool) -> Carried:
+        value = super().__new__(cls, "1")
+        value.attribution = attribution
+        value.track = track
+        return value
+
+
+class Runtime:
+    """What the wrappers need from the running agent."""
+
+    def __init__(self, settings: Settings, tracers: TracerSource) -> None:
+        self.settings = settings
+        self.tracers = tracers
+        self.metering = not settings.disabled
+        self._clients: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client_attributes(self, client: Any) -> dict[str, Any]:
+        """Provider and server attributes of an SDK client, cached until its base URL changes."""
+        base_url = getattr(client, "base_url", None)
+        try:
+            cached = self._clients.get(client)
+        except TypeError:
+            cached = None
+        if cached is not None and cached[0] is base_url:
+            return cached[1]
+        azure = any(c.__name__ in ("AzureOpenAI", "AsyncAzureOpenAI") for c in type(client).__mro__)
+        provider = "azure.ai.openai" if azure else "openai"
+        attrs: dict[str, Any] = {A.PROVIDER_NAME: provider, A.SYSTEM: provider}
+        attrs.update(R.server_attributes(base_url))
+        with contextlib.suppress(TypeError):
+            self._clients[client] = (base_url, attrs)
+        return attrs
+
+    def begin(
+        self,
+        endpoint: Endpoint,
+        resource: Any,
+        kwargs: dict[str, Any],
+        attribution: Attribution,
+    ) -> MeteredCall:
+        settings = self.settings
+        client = getattr(resource, "_client", None)
+        base = self.client_attributes(client)
+        hide = False
+        if endpoint.injects_stream_usage and R.should_inject_stream_usage(
+            settings.stream_usage, base.get(A.SERVER_ADDRESS), kwargs
+        ):
+            options = R.arg(kwargs, "stream_options")
+            kwargs = {
+                **kwargs,
+                "stream_options": {**(options or {}), "include_usage": True},
+            }
+            hide = True
+        attrs: dict[str, Any] = {
+            A.METERED_MARK: True,
+            A.OPERATION_NAME: endpoint.operation,
+            A.OPENAI_API_TYPE: endpoint.api_type,
+        }
+        attrs.update(base)
+        attrs.update(R.request_attributes(kwargs, endpoint.output_type))
+        attrs.update(attribution.to_attributes())
+        if hide:
+            attrs[A.STREAM_USAGE_INJECTED] = True
+        if settings.capture_content:
+            attrs.update(R.content_attributes(kwargs))
+        model = attrs.get(A.REQUEST_MODEL)
+        name = f"{endpoint.operation} {model}" if model else endpoint.operation
+        span = self.tracers.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        return MeteredCall(
+            span,
+            endpoint,
+            kwargs,
+            R.request_usage(endpoint.family, kwargs),
+            hide,
+            settings.capture_content,
+        )
+
+
+def _take_agent_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any, bool, Carried | None]:
+    """Remove the agent's keyword arguments (and a carried attribution) from ``kwargs``."""
+    customer = kwargs.pop("customer_id", None)
+    metadata = kwargs.pop("tracking_metadata", None)
+    track = kwargs.pop("track_usage", True) is not False
+    carried = None
+    headers = kwargs.get("extra_headers")
+    if isinstance(headers, Mapping) and CARRY_HEADER in headers:
+        carried = headers[CARRY_HEADER]
+        rest = {k: v for k, v in headers.items() if k != CARRY_HEADER}
+        kwargs["extra_headers"] = rest or None
+        if not isinstance(carried, Carried):
+            carried = None
+    return customer, metadata, track, carried
+
+
+def _start(
+    runtime: Runtime, endpoint: Endpoint, resource: Any, kwargs: dict[str, Any]
+) -> MeteredCall | None:
+    customer, metadata, track, carried = _take_agent_kwargs(kwargs)
+    if not runtime.metering or not track or ACTIVE.get() is not None:
+        return None
+    if carried is not None:
+        if not carried.track:
+            return None
+        attribution = carried.attribution
+    else:
+        attribution = None
+    try:
+        if attribution is None:
+            attribution = resolve(customer, metadata, runtime.settings.customer_id)
+        return runtime.begin(endpoint, resource, kwargs, attribution)
+    except Exception:
+        metrics.increment("instrumentation_errors")
+        error_once("begin:" + endpoint.method, "cmdrdata: could not start metering a call")
+        return None
+
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrapper:
+    if is_async:
+
+        async def async_wrapper(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            call = _start(runtime, endpoint, instance, kwargs)
+            if call is None:
+                return await wrapped(*args, **kwargs)
+            token = ACTIVE.set(call)
+            call.activate()
+            try:
+                result = await wrapped(*args, **call.kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            finally:
+                call.deactivate()
+                ACTIVE.reset(token)
+            call.complete(result)
+            return result
+
+        return async_wrapper
+
+    def sync_wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = _start(runtime, endpoint, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = ACTIVE.set(call)
+        call.activate()
+        try:
+            result = wrapped(*args, **call.kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.deactivate()
+            ACTIVE.reset(token)
+        call.complete(result)
+        return result
+
+    return sync_wrapper
+
+
+def stream_helper_wrapper(runtime: Runtime, endpoint: Endpoint) -> Wrapper:
+    """``.stream()``: resolve attribution now, let the later ``create`` carry it."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        customer, metadata, track, _ = _take_agent_kwargs(kwargs)
+        if runtime.metering:
+            try:
+                attribution = (
+                    resolve(customer, metadata, runtime.settings.customer_id) if track else None
+                )
+                headers = kwargs.get("extra_headers") or {}
+                kwargs["extra_headers"] = {**headers, CARRY_HEADER: Carried(attribution, track)}
+            except Exception:
+                error_once("helper:" + endpoint.method, "cmdrdata: could not carry attribution")
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def strip_only_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """With metering disabled: accept the agent's keyword arguments and drop them."""
+    for name in AGENT_KWARGS:
+        kwargs.pop(name, None)
+    headers = kwargs.get("extra_headers")
+    if isinstance(headers, Mapping) and CARRY_HEADER in headers:
+        kwargs["extra_headers"] = {k: v for k, v in headers.items() if k != CARRY_HEADER} or None
+    return wrapped(*args, **kwargs)
+
+
+def process_response_hook(is_async: bool) -> Wrapper:
+    """Sees ``_process_response(response=..., retries_taken=...)`` of the active call."""
+
+    def hook(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = ACTIVE.get()
+        if call is not None:
+            response = kwargs.get("response")
+            if response is not None:
+                call.on_http_response(response, kwargs.get("retries_taken"), is_async)
+        return wrapped(*args, **kwargs)
+
+    return hook

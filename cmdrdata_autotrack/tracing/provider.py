@@ -1,0 +1,149 @@
+"""Choose the tracer for the agent's spans, at the first call and whenever the app's changes.
+
+* The app configured an SDK ``TracerProvider`` (before or after the agent
+  started): the agent joins it. Its span processors (metering) are added to
+  that provider and its sampler is wrapped so metering never depends on trace
+  sampling. The app's exporters carry the GenAI spans with its other spans.
+* The app configured nothing: the agent builds its own provider from the
+  standard ``OTEL_*`` variables. It is *not* installed as the global provider,
+  so an app that configures OpenTelemetry later is never refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+from .._version import __version__
+from ..config import Settings
+from ..telemetry.logging import error_once, logger, warn_once
+from ..usage.attributes import INSTRUMENTATION_SCOPE
+from .sampler import MeteringSampler
+
+_ATTACHED = "_cmdrdata_autotrack_attached"
+
+
+def exporter_names(settings: Settings, environ: os._Environ[str] | dict[str, str]) -> list[str]:
+    """The trace exporters to use for the agent's own provider."""
+    configured = settings.traces_exporter
+    if configured is None:
+        has_endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        configured = "otlp" if has_endpoint else "none"
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    return [
+        n.strip().lower() for n in configured.split(",") if n.strip().lower() not in ("", "none")
+    ]
+
+
+def _exporter_processor(name: str) -> SpanProcessor | None:
+    if name == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
+    if name in ("otlp", "otlp_proto_http"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            warn_once(
+                "otlp-missing",
+                "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
+                "pip install 'cmdrdata-autotrack[otlp]'; traces are not exported",
+            )
+            return None
+        return BatchSpanProcessor(OTLPSpanExporter())
+    warn_once("exporter:" + name, "unknown trace exporter %r ignored (console, otlp, none)", name)
+    return None
+
+
+class TracerSource:
+    """Hands out the tracer for the agent's spans; re-checks the global provider cheaply."""
+
+    def __init__(self, settings: Settings, processors: Sequence[SpanProcessor]) -> None:
+        self._settings = settings
+        self._processors = list(processors)
+        self._lock = threading.Lock()
+        self._seen: object = None
+        self._tracer: trace.Tracer | None = None
+        self._own: TracerProvider | None = None
+
+    @property
+    def own_provider(self) -> TracerProvider | None:
+        return self._own
+
+    def tracer(self) -> trace.Tracer:
+        provider = trace.get_tracer_provider()
+        tracer = self._tracer
+        if provider is self._seen and tracer is not None:
+            return tracer
+        with self._lock:
+            self._tracer = tracer = self._resolve(provider)
+            self._seen = provider
+        return tracer
+
+    def _resolve(self, provider: object) -> trace.Tracer:
+        if isinstance(provider, TracerProvider):
+            try:
+                self._attach(provider)
+                tracer = provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+                if not isinstance(tracer, trace.NoOpTracer):
+                    return tracer
+            except Exception:
+                error_once(
+                    "attach", "could not join the app's tracer provider; using the agent's own"
+                )
+        return self._own_tracer()
+
+    def _attach(self, provider: TracerProvider) -> None:
+        if getattr(provider, _ATTACHED, False):
+            return
+        sampler = getattr(provider, "sampler", None)
+        if sampler is not None and not isinstance(sampler, MeteringSampler):
+            try:
+                setattr(provider, "sampler", MeteringSampler(sampler))  # noqa: B010
+            except AttributeError:  # SDK versions where it is a read-only property
+                setattr(provider, "_sampler", MeteringSampler(sampler))  # noqa: B010
+        for processor in self._processors:
+            provider.add_span_processor(processor)
+        setattr(provider, _ATTACHED, True)
+        logger.debug("joined the app's tracer provider")
+
+    def _own_tracer(self) -> trace.Tracer:
+        if self._own is None:
+            self._own = self._build_own()
+        return self._own.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+
+    def _build_own(self) -> TracerProvider:
+        attributes = {}
+        if self._settings.service_name:
+            attributes["service.name"] = self._settings.service_name
+        provider = TracerProvider(
+            sampler=MeteringSampler(_get_from_env_or_default()),
+            resource=Resource.create(attributes),
+        )
+        # OTEL_SDK_DISABLED turns tracing off, not billing: keep recording for metering.
+        setattr(provider, "_disabled", False)  # noqa: B010
+        for processor in self._processors:
+            provider.add_span_processor(processor)
+        for name in exporter_names(self._settings, os.environ):
+            exporter = _exporter_processor(name)
+            if exporter is not None:
+                provider.add_span_processor(exporter)
+        setattr(provider, _ATTACHED, True)
+        return provider
+
+    def shutdown(self) -> None:
+        if self._own is not None:
+            self._own.shutdown()

@@ -1,0 +1,60 @@
+"""``TrackedOpenAI``: an explicit drop-in for apps that do not use the launcher.
+
+It is a real ``openai.OpenAI`` (``isinstance`` holds, every SDK feature works)
+whose construction makes sure the agent runs with the tracker settings given.
+Code written for the ``cmdrdata-openai`` package's ``TrackedOpenAI`` runs
+unchanged: the same constructor arguments, ``customer_id=`` and
+``track_usage=`` on calls, ``get_openai_client()`` and ``get_tracker()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from . import agent
+
+
+def _start(
+    tracker_key: str | None, tracker_endpoint: str | None, tracker_timeout: float | None
+) -> None:
+    agent.ensure_started(api_key=tracker_key, endpoint=tracker_endpoint, timeout=tracker_timeout)
+
+
+class TrackedOpenAI(openai.OpenAI):
+    def __init__(
+        self,
+        api_key: str | None = None,
+        tracker_key: str | None = None,
+        tracker_endpoint: str | None = None,
+        tracker_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _start(tracker_key, tracker_endpoint, tracker_timeout)
+        super().__init__(api_key=api_key, **kwargs)
+
+    def get_openai_client(self) -> openai.OpenAI:
+        return self
+
+    def get_tracker(self) -> agent.Agent | None:
+        return agent.get()
+
+
+class AsyncTrackedOpenAI(openai.AsyncOpenAI):
+    def __init__(
+        self,
+        api_key: str | None = None,
+        tracker_key: str | None = None,
+        tracker_endpoint: str | None = None,
+        tracker_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _start(tracker_key, tracker_endpoint, tracker_timeout)
+        super().__init__(api_key=api_key, **kwargs)
+
+    def get_openai_client(self) -> openai.AsyncOpenAI:
+        return self
+
+    def get_tracker(self) -> agent.Agent | None:
+        return agent.get()
