@@ -35,7 +35,16 @@ _USAGE_TEXT = re.compile(r'"usage"\s*:\s*\{')
 _HEAD_MODEL = re.compile(r'"model"\s*:\s*"([^"]{1,256})"')
 _HEAD_ID = re.compile(r'"id"\s*:\s*"([^"]{1,256})"')
 _TERMINAL = (b"data: [DONE]", b"data:[DONE]")
-_TERMINAL_TYPES = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+# Event types that end a stream (besides ``data: [DONE]``).
+_TERMINAL_TYPES = (
+    b'"response.completed"',
+    b'"response.incomplete"',
+    b'"response.failed"',
+    b'"transcript.text.done"',
+    b'"image_generation.completed"',
+    b'"image_edit.completed"',
+    b'"speech.audio.done"',
+)
 
 
 def _last_boundary(buf: bytes) -> int:
@@ -194,12 +203,13 @@ class BodyObserver:
 
     def feed(self, chunk: bytes) -> bytes:
         self.size += len(chunk)
+        rest = chunk
         if len(self.head) < self.FULL:
             room = self.FULL - len(self.head)
             self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
+            rest = chunk[room:]
+        if rest:
+            self.tail += rest
             if len(self.tail) > 2 * self.KEEP:
                 del self.tail[: len(self.tail) - self.KEEP]
         return chunk

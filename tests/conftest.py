@@ -1,0 +1,124 @@
+"""Shared fixtures: a fake OpenAI API on 127.0.0.1, the agent, and the spans it makes.
+
+The test process plays an app that configured OpenTelemetry itself: a global SDK
+``TracerProvider`` with an in-memory exporter (what a trace backend would get)
+and a processor that records every ended span, sampled or not (what metering
+sees). The agent joins that provider, as it does in production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import cmdrdata_autotrack
+from cmdrdata_autotrack import agent
+
+from fake_openai import FakeOpenAI, start_server
+
+# The agent's settings in this process; tests change them through `agent_settings`.
+os.environ.pop("CMDRDATA_CUSTOMER_ID", None)
+os.environ.pop("CMDRDATA_DISABLED", None)
+
+
+class RecordingProcessor(SpanProcessor):
+    """Keeps every span that ends, sampled or not."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+EXPORTER = InMemorySpanExporter()
+RECORDED = RecordingProcessor()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+_provider.add_span_processor(RECORDED)
+trace.set_tracer_provider(_provider)
+cmdrdata_autotrack.instrument(stream_usage="always")
+
+
+class Spans:
+    """The metered spans ended since the test began."""
+
+    def __init__(self) -> None:
+        EXPORTER.clear()
+        RECORDED.spans.clear()
+
+    @property
+    def all(self) -> list[ReadableSpan]:
+        return [s for s in RECORDED.spans if s.attributes and "cmdrdata.metered" in s.attributes]
+
+    @property
+    def exported(self) -> list[ReadableSpan]:
+        return list(EXPORTER.get_finished_spans())
+
+    def one(self) -> ReadableSpan:
+        spans = self.all
+        assert len(spans) == 1, f"expected one metered span, got {[s.name for s in spans]}"
+        return spans[0]
+
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.one().attributes or {})
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[FakeOpenAI]:
+    fake = start_server()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def fake(server: FakeOpenAI) -> FakeOpenAI:
+    server.reset()
+    return server
+
+
+@pytest.fixture
+def spans() -> Spans:
+    return Spans()
+
+
+@pytest.fixture
+def agent_settings() -> Iterator[Any]:
+    """Change the running agent's settings for one test: ``agent_settings(stream_usage="auto")``."""
+    running = agent.get()
+    assert running is not None
+    original = running.runtime.settings
+
+    def change(**values: Any) -> None:
+        running.runtime.settings = dataclasses.replace(original, **values)
+
+    yield change
+    running.runtime.settings = original
+
+
+@pytest.fixture
+def client(fake: FakeOpenAI) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=fake.base_url, api_key="sk-test-key", max_retries=0)
+
+
+@pytest.fixture
+def aclient(fake: FakeOpenAI) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test-key", max_retries=0)
