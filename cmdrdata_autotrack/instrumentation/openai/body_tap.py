@@ -3,8 +3,10 @@
 The tap shadows ``iter_bytes``/``aiter_bytes`` and ``close``/``aclose`` on the
 one response instance (``read()``, ``iter_lines()`` and the SDK's ``Stream``
 all read through ``iter_bytes``), and registers a finalizer for a body that is
-never read. The closures hold the response only weakly, so an abandoned
-response is still freed by reference counting and its span ends then.
+never read. The closures hold the response itself: the cycle this makes is
+freed by the garbage collector (as the SDK's own ``Stream`` cycle is), and a
+weak reference would already be dead when httpx closes the body during that
+collection.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ if TYPE_CHECKING:
 def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]:
     observer = call.observer
     assert observer is not None
+    call.reading = True  # a close() from inside the read (httpx does that) is not the end
     try:
         for chunk in source:
+            call.reading = False
             call.on_first_chunk()
             out = observer.feed(chunk)
             if out:
                 yield out
+            call.reading = True
         rest = observer.flush()
         if rest:
             yield rest
@@ -35,18 +40,23 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]
     except BaseException as exc:
         call.finish_stream("error", exc)
         raise
+    finally:
+        call.reading = False
     call.finish_stream("completed")
 
 
 async def _observe_async(source: AsyncIterator[bytes], call: MeteredCall) -> AsyncIterator[bytes]:
     observer = call.observer
     assert observer is not None
+    call.reading = True
     try:
         async for chunk in source:
+            call.reading = False
             call.on_first_chunk()
             out = observer.feed(chunk)
             if out:
                 yield out
+            call.reading = True
         rest = observer.flush()
         if rest:
             yield rest
@@ -56,21 +66,23 @@ async def _observe_async(source: AsyncIterator[bytes], call: MeteredCall) -> Asy
     except BaseException as exc:
         call.finish_stream("error", exc)
         raise
+    finally:
+        call.reading = False
     call.finish_stream("completed")
 
 
 def tap_sync(response: Any, call: MeteredCall) -> None:
-    ref = weakref.ref(response)
     cls = type(response)
 
     def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
-        return _observe_sync(cls.iter_bytes(ref(), chunk_size), call)
+        return _observe_sync(cls.iter_bytes(response, chunk_size), call)
 
     def close() -> None:
         try:
-            cls.close(ref())
+            cls.close(response)
         finally:
-            call.finish_stream("closed")
+            if not call.reading:
+                call.finish_stream("closed")
 
     response.iter_bytes = iter_bytes
     response.close = close
@@ -78,17 +90,17 @@ def tap_sync(response: Any, call: MeteredCall) -> None:
 
 
 def tap_async(response: Any, call: MeteredCall) -> None:
-    ref = weakref.ref(response)
     cls = type(response)
 
     def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        return _observe_async(cls.aiter_bytes(ref(), chunk_size), call)
+        return _observe_async(cls.aiter_bytes(response, chunk_size), call)
 
     async def aclose() -> None:
         try:
-            await cls.aclose(ref())
+            await cls.aclose(response)
         finally:
-            call.finish_stream("closed")
+            if not call.reading:
+                call.finish_stream("closed")
 
     response.aiter_bytes = aiter_bytes
     response.aclose = aclose

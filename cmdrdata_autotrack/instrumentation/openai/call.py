@@ -38,6 +38,8 @@ class MeteredCall:
         "http_response",
         "kwargs",
         "observer",
+        "reading",
+        "request_id",
         "request_usage",
         "resend_count",
         "span",
@@ -65,6 +67,8 @@ class MeteredCall:
         self.resend_count = 0
         self.observer: SSEObserver | BodyObserver | None = None
         self.deferred = False
+        self.reading = False
+        self.request_id: str | None = None
         self._ended = False
         self._lock = threading.Lock()
         self._otel_token: object = None
@@ -83,6 +87,7 @@ class MeteredCall:
     def on_http_response(self, response: Any, retries_taken: Any, is_async: bool) -> None:
         """The SDK has the final HTTP response (after its own retries): watch its body."""
         try:
+            self.request_id = response.headers.get("x-request-id")
             self.http_response = response
             if isinstance(retries_taken, int) and retries_taken > 0:
                 self.resend_count = retries_taken
@@ -99,6 +104,7 @@ class MeteredCall:
 
             (tap_async if is_async else tap_sync)(response, self)
             self.deferred = True
+            self.http_response = None  # held weakly by the tap: an abandoned body must be freed
         except Exception:
             self.observer, self.deferred = None, False
             metrics.increment("instrumentation_errors")
@@ -180,8 +186,9 @@ class MeteredCall:
             elif isinstance(observer, BodyObserver):
                 usage, info = observer.result()
             if exc is not None:
-                attrs[A.ERROR_TYPE] = type(exc).__qualname__
-                self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+                error_type = type(exc).__qualname__
+                attrs[A.ERROR_TYPE] = error_type
+                self.span.set_status(Status(StatusCode.ERROR, error_type))
             attrs[A.STREAM_OUTCOME] = outcome
             if self.first_chunk_at is not None:
                 attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_chunk_at - self.started
@@ -224,11 +231,9 @@ class MeteredCall:
             if usage is not None and not failed:
                 attrs.update(usage.to_attributes())
             attrs.update(info.to_attributes())
-            response = self.http_response
-            if response is not None:
-                request_id = response.headers.get("x-request-id")
-                if request_id:
-                    attrs[A.OPENAI_REQUEST_ID] = request_id
+            self.http_response = None
+            if self.request_id:
+                attrs[A.OPENAI_REQUEST_ID] = self.request_id
             if self.resend_count:
                 attrs[A.HTTP_RESEND_COUNT] = self.resend_count
             attrs[A.USAGE_SOURCE] = _usage_source(usage, failed)

@@ -29,7 +29,6 @@ from .wrappers import (
     call_wrapper,
     process_response_hook,
     stream_helper_wrapper,
-    strip_only_wrapper,
 )
 
 _lock = threading.RLock()
@@ -84,11 +83,10 @@ def _patch_module(module: ModuleType) -> None:
                 return
             name = module.__name__
             if name == BASE_CLIENT_MODULE:
-                if runtime.metering:
-                    for index, (cls_name, method) in enumerate(PROCESS_RESPONSE):
-                        cls = getattr(module, cls_name, None)
-                        if isinstance(cls, type):
-                            _wrap(cls, method, process_response_hook(is_async=index == 1))
+                for index, (cls_name, method) in enumerate(PROCESS_RESPONSE):
+                    cls = getattr(module, cls_name, None)
+                    if isinstance(cls, type):
+                        _wrap(cls, method, process_response_hook(is_async=index == 1))
                 return
             for endpoint in ENDPOINTS:
                 if name not in endpoint.modules:
@@ -97,10 +95,10 @@ def _patch_module(module: ModuleType) -> None:
                     cls = getattr(module, cls_name, None)
                     if not isinstance(cls, type) or endpoint.method not in cls.__dict__:
                         continue
-                    if not runtime.metering:
-                        wrapper: Any = strip_only_wrapper
-                    elif endpoint.role == "stream_helper":
-                        wrapper = stream_helper_wrapper(runtime, endpoint)
+                    # Metering on or off is decided per call, so it can change at run time;
+                    # off, the wrappers only take the agent's keyword arguments out.
+                    if endpoint.role == "stream_helper":
+                        wrapper: Any = stream_helper_wrapper(runtime, endpoint)
                     else:
                         wrapper = call_wrapper(runtime, endpoint, is_async=index == 1)
                     _wrap(cls, endpoint.method, wrapper)

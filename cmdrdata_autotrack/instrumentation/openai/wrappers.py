@@ -35,7 +35,6 @@ from .endpoints import Endpoint
 ACTIVE: contextvars.ContextVar[MeteredCall | None] = contextvars.ContextVar(
     "cmdrdata_active_call", default=None
 )
-AGENT_KWARGS = ("customer_id", "tracking_metadata", "track_usage")
 CARRY_HEADER = "X-Cmdrdata-Carry"
 
 
@@ -238,18 +237,6 @@ def stream_helper_wrapper(runtime: Runtime, endpoint: Endpoint) -> Wrapper:
         return wrapped(*args, **kwargs)
 
     return wrapper
-
-
-def strip_only_wrapper(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """With metering disabled: accept the agent's keyword arguments and drop them."""
-    for name in AGENT_KWARGS:
-        kwargs.pop(name, None)
-    headers = kwargs.get("extra_headers")
-    if isinstance(headers, Mapping) and CARRY_HEADER in headers:
-        kwargs["extra_headers"] = {k: v for k, v in headers.items() if k != CARRY_HEADER} or None
-    return wrapped(*args, **kwargs)
 
 
 def process_response_hook(is_async: bool) -> Wrapper:

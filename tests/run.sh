@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (the README's, and CI's through .ci/run):
+# lint and type-check the package, then run the suite against the newest
+# openai 1.x, 2.x and 3.x, each in its own virtualenv under .venv-test/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENVS=${CMDRDATA_TEST_VENVS:-.venv-test}
+SDK_RANGES=${CMDRDATA_TEST_OPENAI:-">=1,<2 >=2,<3 >=3,<4"}
+
+if ! command -v uv >/dev/null 2>&1; then
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check uv
+fi
+UV=$(command -v uv || echo "$PYTHON -m uv")
+
+status=0
+first=""
+for range in $SDK_RANGES; do
+  major=$(echo "$range" | sed -E 's/^>=([0-9]+).*/\1/')
+  venv="$VENVS/openai$major"
+  [ -x "$venv/bin/python" ] || $UV venv --quiet --python "$PYTHON" "$venv"
+  $UV pip install --quiet --python "$venv/bin/python" -e ".[dev,otlp]" "openai$range"
+  [ -n "$first" ] || first="$venv"
+done
+
+echo "== ruff, mypy --strict"
+"$first/bin/ruff" check cmdrdata_autotrack tests benchmarks examples
+"$first/bin/ruff" format --check cmdrdata_autotrack tests benchmarks examples
+"$first/bin/mypy" --strict cmdrdata_autotrack
+
+for range in $SDK_RANGES; do
+  major=$(echo "$range" | sed -E 's/^>=([0-9]+).*/\1/')
+  venv="$VENVS/openai$major"
+  version=$("$venv/bin/python" -c "import openai; print(openai.__version__)")
+  echo "== tests with openai $version"
+  "$venv/bin/python" -m pytest -q tests || status=$?
+done
+exit $status
