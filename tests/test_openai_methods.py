@@ -150,6 +150,15 @@ CASES = [
         {**GPT_IMAGE_USAGE, "cmdrdata.usage.image_count": 2},
     ),
     Case(
+        "images.generate.gpt-image.stream",
+        ("images",),
+        "generate",
+        {"model": "gpt-image-1", "prompt": "a cat", "partial_images": 2},
+        "image_generation",
+        {**GPT_IMAGE_USAGE, "cmdrdata.usage.image_count": 1},
+        {**GPT_IMAGE_USAGE, "cmdrdata.usage.image_count": 1},
+    ),
+    Case(
         "images.generate.dall-e",
         ("images",),
         "generate",
@@ -209,6 +218,19 @@ CASES = [
         {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "Hello there, world!"},
         "audio_speech",
         {"cmdrdata.usage.input_characters": 19},
+    ),
+    Case(
+        "audio.speech.sse",
+        ("audio", "speech"),
+        "create",
+        {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "Hi!", "stream_format": "sse"},
+        "audio_speech",
+        {
+            "cmdrdata.usage.input_characters": 3,
+            "gen_ai.usage.input_tokens": 8,
+            "gen_ai.usage.output_tokens": 40,
+            "cmdrdata.usage.total_tokens": 48,
+        },
     ),
     Case(
         "moderations.create",

@@ -206,9 +206,10 @@ def extract_stream_event(family: str, event: Mapping[str, Any]) -> Extracted:
         return usage, info
     if family in ("chat", "completions"):
         return extract_chat(event)
-    if family == "images":
+    if family == "images":  # image_generation.completed / image_edit.completed
         usage = usage_from_io_tokens(event.get("usage"))
         if usage is not None:
+            usage.image_count = 1
             usage.image_size = text(event.get("size"), 32)
             usage.image_quality = text(event.get("quality"), 32)
         return usage, ResponseInfo()

@@ -126,11 +126,19 @@ class MeteredCall:
         if hasattr(type(result), "model_fields"):  # a pydantic model: the SDK's parsed object
             return self.endpoint.extractor(result)
         response = self.http_response
-        if response is not None and "json" in response.headers.get("content-type", ""):
+        if response is None:
+            return None, ResponseInfo()
+        content_type = response.headers.get("content-type", "")
+        if "json" in content_type:
             try:
                 return self.endpoint.extractor(response.json())
             except ValueError:
                 pass
+        elif "text/event-stream" in content_type:  # an SSE body the SDK read whole (speech)
+            observer = SSEObserver(self.endpoint.family, hide_usage_chunk=False)
+            observer.feed(response.content)
+            observer.flush()
+            return observer.usage, observer.info
         return None, ResponseInfo()
 
     def fail(self, exc: BaseException) -> None:
