@@ -33,6 +33,19 @@ def instrument(**settings: Any) -> None:
     agent.start(resolved)
 
 
+def flush(timeout: float = 5.0) -> bool:
+    """Deliver (or record in the ledger) every usage event so far, waiting up to ``timeout``.
+
+    Returns ``True`` when nothing is left waiting. Call it before a serverless
+    function returns, where the process may be frozen before the background
+    threads run.
+    """
+    from . import agent
+
+    running = agent.get()
+    return running.flush(timeout) if running is not None else True
+
+
 def uninstrument() -> None:
     """Restore the ``openai`` SDK's original methods and stop metering."""
     from . import agent
@@ -61,6 +74,7 @@ __all__ = [
     "clear_customer",
     "clear_customer_context",
     "customer_context",
+    "flush",
     "get_customer",
     "get_customer_context",
     "instrument",

@@ -1,29 +1,57 @@
-"""The running agent: settings, tracer, metering processor and instrumentation, once a process."""
+"""The running agent: settings, tracer, metering processor, delivery and instrumentation.
+
+One agent a process. It starts from the bootstrap (``cmdrdata-run``,
+``cmdrdata_autotrack.auto``), from :func:`cmdrdata_autotrack.instrument`, or
+from ``TrackedOpenAI``; it flushes at exit and on SIGTERM.
+"""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from dataclasses import replace
 from typing import Any
 
+from . import lifecycle
 from .config import Settings
+from .export.pipeline import Pipeline
 from .export.processor import MeteringSpanProcessor
 from .instrumentation.openai import instrumentor
 from .instrumentation.openai.wrappers import Runtime
-from .telemetry.logging import logger
+from .telemetry.logging import error_once, logger
 from .tracing.provider import TracerSource
 
 
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.processor = MeteringSpanProcessor()
+        self.pipeline: Pipeline | None = None if settings.disabled else Pipeline(settings)
+        self.processor = MeteringSpanProcessor(unattributed=settings.unattributed_customer)
+        if self.pipeline is not None:
+            self.processor.sinks.append(self.pipeline.submit)
         self.tracers = TracerSource(settings, [self.processor])
         self.runtime = Runtime(settings, self.tracers)
 
     @property
     def metering(self) -> bool:
         return self.runtime.metering
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New delivery settings (``TrackedOpenAI(tracker_key=...)``): a new pipeline."""
+        old = self.pipeline
+        self.settings = self.runtime.settings = settings
+        self.pipeline = None if settings.disabled else Pipeline(settings)
+        self.processor.sinks[:] = [self.pipeline.submit] if self.pipeline else []
+        if old is not None:
+            old.shutdown()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Deliver (or record) every event so far; ``True`` when nothing is left waiting."""
+        return self.pipeline.flush(timeout) if self.pipeline is not None else True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        if self.pipeline is not None:
+            self.pipeline.shutdown(timeout)
 
 
 _lock = threading.Lock()
@@ -39,11 +67,16 @@ def start(settings: Settings | None = None) -> Agent:
     global _agent
     with _lock:
         if _agent is None:
-            _agent = Agent(settings or Settings.from_env())
-            instrumentor.instrument(_agent.runtime)
-            logger.debug(
-                "agent started (metering %s)", "on" if _agent.metering else "off: disabled"
-            )
+            agent = _agent = Agent(settings or Settings.from_env())
+            instrumentor.instrument(agent.runtime)
+            atexit.register(_at_exit)
+            lifecycle.install_signal_handlers(_on_terminate)
+            if agent.pipeline is not None:
+                try:
+                    agent.pipeline.start_if_leftovers()
+                except Exception:
+                    error_once("leftovers", "cmdrdata: could not look for spooled events")
+            logger.debug("agent started (metering %s)", "on" if agent.metering else "off")
         return _agent
 
 
@@ -56,16 +89,29 @@ def ensure_started(**overrides: Any) -> Agent:
     changed = {k: v for k, v in given.items() if getattr(current.settings, k) != v}
     if changed:
         with _lock:
-            current.settings = replace(current.settings, **changed)
-            current.runtime.settings = current.settings
+            current.reconfigure(replace(current.settings, **changed))
     return current
 
 
+def _at_exit() -> None:
+    agent = _agent
+    if agent is not None:
+        try:
+            agent.shutdown()
+        except Exception:
+            error_once("exit-flush", "cmdrdata: could not flush usage at exit")
+
+
+def _on_terminate() -> None:
+    _at_exit()
+
+
 def uninstrument() -> None:
-    """Restore the SDK's original methods and stop the agent."""
+    """Restore the SDK's original methods and stop the agent (delivering what it holds)."""
     global _agent
     with _lock:
         instrumentor.uninstrument()
         agent, _agent = _agent, None
     if agent is not None:
+        agent.shutdown()
         agent.tracers.shutdown()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 logger = logging.getLogger("cmdrdata_autotrack.config")
@@ -72,6 +72,99 @@ SETTINGS: tuple[Setting, ...] = (
         option="--timeout",
     ),
     Setting(
+        "batch_size",
+        "CMDRDATA_BATCH_SIZE",
+        "int",
+        "1",
+        "Events per delivery request. 1 (the default) posts each event to the events API; "
+        "more posts batches to the batch endpoint.",
+        option="--batch-size",
+    ),
+    Setting(
+        "batch_endpoint",
+        "CMDRDATA_BATCH_ENDPOINT",
+        "str",
+        None,
+        "The batch events endpoint (default: the events endpoint + `/batch`).",
+    ),
+    Setting(
+        "spool_dir",
+        "CMDRDATA_SPOOL_DIR",
+        "str",
+        None,
+        "Folder of the durable spool (journal and SQLite queue) shared by the app's "
+        "processes. Default: `cmdrdata-autotrack` in the user's cache folder.",
+        option="--spool-dir",
+    ),
+    Setting(
+        "spool_max_mb",
+        "CMDRDATA_SPOOL_MAX_MB",
+        "float",
+        "256",
+        "Most the spool may hold, in MB; past it the overflow policy applies.",
+    ),
+    Setting(
+        "spool_overflow",
+        "CMDRDATA_SPOOL_OVERFLOW",
+        "choice",
+        "drop-newest",
+        "What a full spool does: `drop-newest` (refuse new events) or `drop-oldest`. "
+        "Either way each dropped event is counted and logged.",
+        choices=("drop-newest", "drop-oldest"),
+    ),
+    Setting(
+        "ledger_path",
+        "CMDRDATA_LEDGER_PATH",
+        "str",
+        None,
+        "The local ledger used when no API key is set. Default: `ledger.sqlite3` in "
+        "the user's data folder (`cmdrdata-autotrack`).",
+        option="--ledger",
+    ),
+    Setting(
+        "shutdown_timeout",
+        "CMDRDATA_SHUTDOWN_TIMEOUT",
+        "float",
+        "5",
+        "Seconds the agent may spend delivering at exit or on SIGTERM; what is left "
+        "stays in the spool for the next process.",
+    ),
+    Setting(
+        "retry_base_delay",
+        "CMDRDATA_RETRY_BASE_DELAY",
+        "float",
+        "0.5",
+        "First retry delay in seconds (exponential backoff with full jitter).",
+    ),
+    Setting(
+        "retry_max_delay",
+        "CMDRDATA_RETRY_MAX_DELAY",
+        "float",
+        "60",
+        "Longest delay between two attempts at one event, in seconds.",
+    ),
+    Setting(
+        "breaker_threshold",
+        "CMDRDATA_BREAKER_THRESHOLD",
+        "int",
+        "5",
+        "Consecutive failed deliveries that open the circuit breaker.",
+    ),
+    Setting(
+        "breaker_cooldown",
+        "CMDRDATA_BREAKER_COOLDOWN",
+        "float",
+        "30",
+        "Seconds the open breaker waits before one probe (doubling up to 10 minutes).",
+    ),
+    Setting(
+        "unattributed_customer",
+        "CMDRDATA_UNATTRIBUTED_CUSTOMER",
+        "str",
+        "unattributed",
+        "The `customer_id` sent for usage no customer was named for.",
+    ),
+    Setting(
         "customer_id",
         "CMDRDATA_CUSTOMER_ID",
         "str",
@@ -124,6 +217,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Level of the agent's own log lines (`debug`, `info`, `warning`, `error`).",
         option="--log-level",
         choices=("debug", "info", "warning", "error", "critical"),
+    ),
+    Setting(
+        "log_format",
+        "CMDRDATA_LOG_FORMAT",
+        "choice",
+        "text",
+        "`text` or `json` (one object a line, with the event and trace ids).",
+        option="--log-format",
+        choices=("text", "json"),
     ),
 )
 
@@ -186,13 +288,25 @@ class Settings:
     api_key: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
     timeout: float = 5.0
+    batch_size: int = 1
+    batch_endpoint: str | None = None
+    spool_dir: str | None = None
+    spool_max_mb: float = 256.0
+    spool_overflow: str = "drop-newest"
+    ledger_path: str | None = None
+    shutdown_timeout: float = 5.0
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 60.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    unattributed_customer: str = "unattributed"
     customer_id: str | None = None
     stream_usage: str = "auto"
     capture_content: bool = False
     traces_exporter: str | None = None
     service_name: str | None = None
     log_level: str = "warning"
-    extra: Mapping[str, str] = field(default_factory=dict)
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

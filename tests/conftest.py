@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,12 @@ from cmdrdata_autotrack import agent
 from fake_openai import FakeOpenAI, start_server
 
 # The agent's settings in this process; tests change them through `agent_settings`.
-os.environ.pop("CMDRDATA_CUSTOMER_ID", None)
-os.environ.pop("CMDRDATA_DISABLED", None)
+for _name in [n for n in os.environ if n.startswith("CMDRDATA_")]:
+    del os.environ[_name]
+# Never touch the user's own spool or ledger.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="cmdrdata-tests-"))
+os.environ["CMDRDATA_SPOOL_DIR"] = str(STATE_DIR / "spool")
+os.environ["CMDRDATA_LEDGER_PATH"] = str(STATE_DIR / "ledger.sqlite3")
 
 
 class RecordingProcessor(SpanProcessor):

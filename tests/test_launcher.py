@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ print([c.choices[0].delta.content for c in chunks])
 """
 
 
-def app_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
+def app_env(fake: FakeOpenAI, state: Path | None = None, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -59,6 +60,10 @@ def app_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
         OPENAI_API_KEY="sk-test-key",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         CMDRDATA_STREAM_USAGE="always",
+    )
+    state = state or Path(tempfile.mkdtemp(prefix="cmdrdata-app-"))
+    env.update(
+        CMDRDATA_SPOOL_DIR=str(state / "spool"), CMDRDATA_LEDGER_PATH=str(state / "ledger.sqlite3")
     )
     env.update(extra)
     return env

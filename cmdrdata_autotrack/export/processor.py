@@ -1,13 +1,14 @@
-"""The span processor that turns each finished metered span into usage for billing.
+"""The span processor that turns each finished metered span into a usage event.
 
 ``on_end`` runs on the thread that ended the span, often the app's own: it
-never blocks and never raises. It recognises metered spans by their mark and
-hands them to the sinks (the delivery pipeline), which do the rest elsewhere.
+never blocks and never raises. It builds the event from the span's attributes
+and hands it to the sinks (the delivery pipeline journals it and returns).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -15,13 +16,15 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from ..telemetry import metrics
 from ..telemetry.logging import error_once
 from ..usage.attributes import METERED_MARK
+from ..usage.event import build_event
 
-Sink = Callable[[ReadableSpan], None]
+EventSink = Callable[[dict[str, Any]], None]
 
 
 class MeteringSpanProcessor(SpanProcessor):
-    def __init__(self, sinks: list[Sink] | None = None) -> None:
-        self.sinks: list[Sink] = list(sinks or [])
+    def __init__(self, sinks: list[EventSink] | None = None, unattributed: str = "unattributed"):
+        self.sinks: list[EventSink] = list(sinks or [])
+        self.unattributed = unattributed
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -32,11 +35,23 @@ class MeteringSpanProcessor(SpanProcessor):
             if not attributes or METERED_MARK not in attributes:
                 return
             metrics.increment("spans_metered")
+            context = span.context
+            if context is None:
+                return
+            event = build_event(
+                attributes,
+                trace_id=context.trace_id,
+                span_id=context.span_id,
+                start_ns=span.start_time or 0,
+                end_ns=span.end_time or span.start_time or 0,
+                ok=span.status.is_ok,
+                unattributed_customer=self.unattributed,
+            )
             for sink in self.sinks:
-                sink(span)
+                sink(event)
         except Exception:
             metrics.increment("instrumentation_errors")
-            error_once("processor", "cmdrdata: could not process a metered span")
+            error_once("processor", "cmdrdata: could not turn a span into a usage event")
 
     def shutdown(self) -> None:
         return None

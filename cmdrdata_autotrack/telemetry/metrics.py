@@ -6,6 +6,7 @@ They are exported as OpenTelemetry and Prometheus metrics by the export layer.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 
@@ -20,6 +21,14 @@ DESCRIPTIONS = {
     "customer_id_invalid": "calls whose customer id was rejected by validation",
     "usage_estimated": "calls whose usage was estimated (stream ended without usage)",
     "instrumentation_errors": "internal errors swallowed by the instrumentation",
+    "events_accepted": "usage events written to this process's journal",
+    "events_spooled": "usage events moved from journals into the spool or ledger",
+    "events_delivered": "usage events acknowledged by the events API",
+    "events_retried": "delivery attempts that will be retried",
+    "events_dead_lettered": "usage events refused for good by the events API",
+    "events_dropped": "usage events dropped (journal or spool full)",
+    "events_malformed": "unreadable journal lines skipped",
+    "pipeline_errors": "internal errors of the delivery threads",
 }
 
 
@@ -28,12 +37,39 @@ def increment(name: str, value: int = 1) -> None:
         _counters[name] += value
 
 
+_observations: dict[str, list[float]] = {}  # name -> [count, sum, max]
+
+
+def observe(name: str, value: float) -> None:
+    """Record one measurement (count, sum and max are kept)."""
+    with _lock:
+        stats = _observations.setdefault(name, [0.0, 0.0, 0.0])
+        stats[0] += 1
+        stats[1] += value
+        stats[2] = max(stats[2], value)
+
+
+def observations() -> dict[str, dict[str, float]]:
+    with _lock:
+        return {name: {"count": c, "sum": s, "max": m} for name, (c, s, m) in _observations.items()}
+
+
 def snapshot() -> dict[str, int]:
     with _lock:
         return dict(_counters)
 
 
 def reset() -> None:
-    """Zero every counter (tests, and after fork in the child)."""
+    """Zero every counter (tests)."""
     with _lock:
         _counters.clear()
+        _observations.clear()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,395 @@
+"""The delivery pipeline: journal → spool → cmdrdata (or the local ledger), in the background.
+
+* The app's thread only appends the event to this process's journal
+  (:meth:`Pipeline.submit`): microseconds, no locks shared with other processes,
+  durable once it returns.
+* The *importer* thread moves closed journal segments into the shared spool (or
+  the ledger when there is no API key) and deletes them.
+* The *sender* thread leases due events from the spool and posts them with
+  their ``Idempotency-Key``; acknowledged events leave the spool, failed ones
+  are retried with backoff and jitter behind a circuit breaker, refused ones go
+  to the dead letters.
+
+Threads start with the first event (or at start-up when an earlier process left
+events behind). At exit and on SIGTERM the pipeline delivers what it can within
+``CMDRDATA_SHUTDOWN_TIMEOUT``; the rest stays spooled for the next process.
+After ``fork`` the child gets fresh threads, locks, journal and connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..config import Settings
+from ..telemetry import metrics
+from ..telemetry.logging import error_once, warn_once
+from . import ledger as ledger_db
+from .backoff import CircuitBreaker, backoff_delay
+from .client import DeliveryClient, Result, endpoint_problem, key_problem
+from .journal import Journal, read_lines
+from .spool import Leased, Spool
+
+logger = logging.getLogger("cmdrdata_autotrack.delivery")
+
+IMPORT_BATCH_WINDOW_S = 0.05  # gather events this long before closing a journal segment
+IDLE_WAIT_S = 1.0
+LEASE_S = 120.0
+SINGLE_MODE_LEASE = 32
+
+
+class Pipeline:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool_dir = paths.spool_dir(settings.spool_dir)
+        self.spool_path = self.spool_dir / "spool.sqlite3"
+        self.ledger_path = paths.ledger_path(settings.ledger_path)
+        self.max_bytes = int(settings.spool_max_mb * 1024 * 1024)
+        self.journal = Journal(self.spool_dir / "journal", self.max_bytes)
+        self.mode = "deliver" if settings.api_key else "ledger"
+        self.problem: str | None = None
+        if self.mode == "deliver":
+            self.problem = endpoint_problem(settings.endpoint)
+            if self.problem:
+                logger.error(
+                    "cmdrdata: %s; usage is kept in the spool and not delivered", self.problem
+                )
+            if settings.api_key and (bad := key_problem(settings.api_key)):
+                logger.warning("cmdrdata: %s", bad)
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.batch_size = max(1, settings.batch_size)
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
+        self._init_runtime_state()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _init_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._wake_import = threading.Event()
+        self._wake_send = threading.Event()
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._threads: list[threading.Thread] = []
+        self.produced = 0
+
+    # --- the app's side -------------------------------------------------------------------
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Accept one event: journal it now, deliver it in the background. Never raises."""
+        try:
+            line = json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n"
+            if self.journal.append(line.encode()):
+                metrics.increment("events_accepted")
+            else:
+                metrics.increment("events_dropped")
+                warn_once("journal-full", "cmdrdata: the usage journal is full; events dropped")
+                return
+        except (OSError, ValueError):
+            metrics.increment("events_dropped")
+            error_once("journal-write", "cmdrdata: could not journal a usage event")
+            return
+        self.produced += 1
+        if not self._threads:
+            self.start()
+        self._wake_import.set()
+
+    # --- threads --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._threads or self._stopping.is_set():
+                return
+            importer = threading.Thread(
+                target=self._guarded(self._import_loop), name="cmdrdata-import", daemon=True
+            )
+            self._threads.append(importer)
+            if self.mode == "deliver" and not self.problem:
+                sender = threading.Thread(
+                    target=self._guarded(self._send_loop), name="cmdrdata-send", daemon=True
+                )
+                self._threads.append(sender)
+            for thread in self._threads:
+                thread.start()
+
+    def start_if_leftovers(self) -> None:
+        """Start when an earlier process left events to import or deliver."""
+        journal_dir = self.spool_dir / "journal"
+        try:
+            leftovers = any(journal_dir.iterdir()) if journal_dir.exists() else False
+        except OSError:
+            leftovers = False
+        if leftovers or (self.mode == "deliver" and self.spool_path.exists()):
+            self.start()
+
+    def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except Exception:
+                metrics.increment("pipeline_errors")
+                error_once("loop:" + loop.__name__, "cmdrdata: delivery thread failed")
+
+        return run
+
+    def _import_loop(self) -> None:
+        store = self._open_store()
+        try:
+            while True:
+                self._wake_import.wait(IDLE_WAIT_S)
+                stopping = self._stopping.is_set()
+                if not stopping:
+                    self._stopping.wait(IMPORT_BATCH_WINDOW_S)
+                self._wake_import.clear()
+                self.import_journal(store)
+                if stopping:
+                    return
+        finally:
+            store.close()
+
+    def _open_store(self) -> Any:
+        if self.mode == "ledger":
+            return _LedgerStore(self.ledger_path)
+        return Spool(self.spool_path)
+
+    def import_journal(self, store: Any) -> int:
+        """Move every ready journal segment into the spool (or ledger); returns events moved."""
+        self.journal.rotate()
+        moved = 0
+        for path, fd in self.journal.ready_segments():
+            try:
+                lines, size = read_lines(fd)
+                events: list[tuple[str, str, dict[str, Any] | None]] = []
+                for line in lines:
+                    try:
+                        event = json.loads(line)
+                        events.append((event["event_id"], line.decode(), event))
+                    except (ValueError, KeyError, TypeError):
+                        metrics.increment("events_malformed")
+                        warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
+                added, dropped = store.put(events, self.max_bytes, self.settings.spool_overflow)
+            except Exception:
+                os.close(fd)
+                raise
+            self.journal.imported(path, fd, size)
+            moved += added
+            metrics.increment("events_spooled", added)
+            if dropped:
+                metrics.increment("events_dropped", dropped)
+                logger.warning(
+                    "cmdrdata: spool full (%s MB, policy %s): %d events dropped",
+                    self.settings.spool_max_mb,
+                    self.settings.spool_overflow,
+                    dropped,
+                )
+        if moved:
+            self._wake_send.set()
+        return moved
+
+    def _new_client(self) -> DeliveryClient:
+        return DeliveryClient(
+            self.settings.endpoint,
+            self.settings.batch_endpoint,
+            self.settings.api_key or "",
+            self.settings.timeout,
+        )
+
+    def _send_loop(self) -> None:
+        spool = Spool(self.spool_path)
+        client = self._new_client()
+        pruned_at = 0.0
+        try:
+            while True:
+                if self._stopping.is_set() and time.monotonic() >= self._deadline:
+                    return
+                if not self.breaker.allow():
+                    self._publish_state(spool)
+                    if self._stopping.is_set():
+                        return
+                    self._wake_send.wait(min(self.breaker.wait_time(), IDLE_WAIT_S * 5))
+                    self._wake_send.clear()
+                    continue
+                if self.send_round(spool, client):
+                    continue
+                if self._stopping.is_set():
+                    return  # nothing due now: what is left waits for the next process
+                due_in = spool.next_due_in()
+                wait = IDLE_WAIT_S if due_in is None else min(max(due_in, 0.01), IDLE_WAIT_S)
+                self._wake_send.wait(wait)
+                self._wake_send.clear()
+                if time.time() - pruned_at > 3600:
+                    spool.prune_delivered()
+                    pruned_at = time.time()
+        finally:
+            client.close()
+            spool.close()
+
+    def send_round(self, spool: Spool, client: DeliveryClient) -> int:
+        """Lease what is due and deliver it; returns how many events were attempted."""
+        limit = self.batch_size if self.batch_size > 1 else SINGLE_MODE_LEASE
+        if self.breaker.state != CircuitBreaker.CLOSED:
+            limit = 1  # half-open: one probe
+        leased = spool.lease(self.owner, limit, LEASE_S)
+        if leased:
+            if self.batch_size > 1 and len(leased) > 1:
+                self._deliver_batch(spool, client, leased)
+            else:
+                self._deliver_each(spool, client, leased)
+            self._publish_state(spool)
+        return len(leased)
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _deliver_each(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
+        delivered: list[str] = []
+        for index, item in enumerate(leased):
+            if not self.breaker.allow() or (
+                self._stopping.is_set() and time.monotonic() >= self._deadline
+            ):
+                spool.release([x.event_id for x in leased[index:]])
+                break
+            started = time.monotonic()
+            result = client.send_one(item.event_id, item.body)
+            metrics.observe("delivery_seconds", time.monotonic() - started)
+            if result.outcome == "delivered":
+                delivered.append(item.event_id)
+                self.breaker.success()
+            else:
+                self._handle_failure(spool, item, result)
+        if delivered:
+            spool.ack(delivered)
+            metrics.increment("events_delivered", len(delivered))
+
+    def _deliver_batch(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
+        started = time.monotonic()
+        overall, per_event = client.send_batch([(x.event_id, x.body) for x in leased])
+        metrics.observe("delivery_seconds", time.monotonic() - started)
+        if overall.outcome == "delivered":
+            self.breaker.success()
+            delivered = []
+            for item in leased:
+                result = per_event.get(item.event_id)
+                if result is None or result.outcome == "delivered":
+                    delivered.append(item.event_id)
+                else:
+                    self._handle_failure(spool, item, result, count_breaker=False)
+            spool.ack(delivered)
+            metrics.increment("events_delivered", len(delivered))
+        elif overall.outcome == "refused" and overall.status == 404:
+            warn_once(
+                "no-batch-endpoint",
+                "cmdrdata: the batch endpoint %s answered 404; sending one event per request",
+                client.batch_endpoint,
+            )
+            self.batch_size = 1
+            spool.release([x.event_id for x in leased])
+        elif overall.outcome == "refused":
+            # One bad event must not sink its batch: find it by sending each on its own.
+            self._deliver_each(spool, client, leased)
+        else:
+            for item in leased:
+                self._handle_failure(spool, item, overall, count_breaker=False)
+            self.breaker.failure()
+
+    def _handle_failure(
+        self, spool: Spool, item: Leased, result: Result, count_breaker: bool = True
+    ) -> None:
+        extra = {"event_id": item.event_id}
+        if result.outcome == "refused":
+            spool.dead_letter(item.event_id, result.reason, result.status)
+            metrics.increment("events_dead_lettered")
+            logger.warning(
+                "cmdrdata: event refused (%s); moved to dead letters", result.reason, extra=extra
+            )
+            if count_breaker:
+                self.breaker.success()  # the API answered: it is up
+            return
+        if result.outcome == "unauthorized":
+            error_once("unauthorized", "cmdrdata: %s; events stay spooled", result.reason)
+            delay = self.settings.retry_max_delay
+        else:
+            delay = backoff_delay(
+                item.attempts, self.settings.retry_base_delay, self.settings.retry_max_delay
+            )
+            if result.retry_after is not None:
+                delay = max(delay, result.retry_after)
+        spool.retry(item.event_id, delay, result.reason)
+        metrics.increment("events_retried")
+        logger.info(
+            "cmdrdata: delivery failed (%s); retry in %.2fs", result.reason, delay, extra=extra
+        )
+        if count_breaker:
+            self.breaker.failure()
+
+    def _publish_state(self, spool: Spool) -> None:
+        with contextlib.suppress(Exception):  # doctor's view only: never worth failing for
+            spool.set_state(breaker=self.breaker.state, breaker_pid=os.getpid(), at=time.time())
+
+    # --- flush and shutdown ---------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        """Import the journal and wait until the spool holds nothing due (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        store = self._open_store()
+        try:
+            self.import_journal(store)
+            if self.mode == "ledger" or self.problem:
+                return True
+            self.start()
+            self._wake_send.set()
+            while time.monotonic() < deadline:
+                stats = store.stats()
+                if stats.due == 0 and (stats.depth == 0 or not self._threads):
+                    return bool(stats.depth == 0)
+                self._wake_send.set()
+                self._stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+            return False
+        finally:
+            store.close()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Deliver what can be delivered within the deadline, then stop the threads."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        if not self._threads or self._stopping.is_set():
+            return
+        self._deadline = time.monotonic() + (timeout if self.produced else 0.0)
+        self._stopping.set()
+        self._wake_import.set()
+        self._wake_send.set()
+        for thread in self._threads:
+            thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
+
+    def _after_fork_in_child(self) -> None:
+        self._init_runtime_state()
+        self.journal.after_fork_in_child()
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown
+        )
+
+
+class _LedgerStore:
+    """The ledger behind the spool's ``put`` interface (no delivery: recorded is final)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = ledger_db.open_ledger(path)
+
+    def put(
+        self, events: list[tuple[str, str, dict[str, Any] | None]], max_bytes: int, policy: str
+    ) -> tuple[int, int]:
+        rows = [(event, raw) for _, raw, event in events if event is not None]
+        return ledger_db.record(self.conn, rows), 0
+
+    def stats(self) -> Any:
+        return None
+
+    def close(self) -> None:
+        self.conn.close()

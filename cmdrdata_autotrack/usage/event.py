@@ -1,0 +1,179 @@
+"""The usage event: what one metered call is billed as, built from its span's attributes only.
+
+The event keeps every field the ``cmdrdata-openai`` client sent (so the events
+API accepts it as it is) and adds what billing needs to be exact: an
+``event_id`` (the idempotency key), the operation, cached and reasoning tokens,
+the other billable units, the service tier, whether usage was estimated, and
+the trace and span ids. Schema: ``docs/usage-event.schema.json``.
+
+Every value is sanitised here: strings are bounded and stripped of control
+characters, counts must be sane non-negative integers, metadata is flattened
+to bounded JSON scalars. A hostile or malformed span gives a clean event (and a
+warning), never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .._version import __version__
+from . import attributes as A
+from .extract import count, seconds
+
+SCHEMA_VERSION = "1.0"
+# Event ids are derived from the span's identity: the same span always gives the same id.
+EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
+MAX_STRING = 256
+MAX_METADATA_KEYS = 64
+MAX_METADATA_VALUE = 1024
+
+# Billable units beyond the common token counts: event field <- span attribute.
+_UNIT_COUNTS = (
+    ("input_audio_tokens", A.INPUT_AUDIO_TOKENS),
+    ("input_text_tokens", A.INPUT_TEXT_TOKENS),
+    ("input_image_tokens", A.INPUT_IMAGE_TOKENS),
+    ("output_audio_tokens", A.OUTPUT_AUDIO_TOKENS),
+    ("output_image_tokens", A.OUTPUT_IMAGE_TOKENS),
+    ("accepted_prediction_tokens", A.ACCEPTED_PREDICTION_TOKENS),
+    ("rejected_prediction_tokens", A.REJECTED_PREDICTION_TOKENS),
+    ("image_count", A.IMAGE_COUNT),
+    ("input_characters", A.INPUT_CHARACTERS),
+)
+
+
+def clean_text(value: Any, limit: int = MAX_STRING) -> str | None:
+    """A printable, bounded string, or ``None``."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():
+        text = "".join(c for c in text if c.isprintable())
+    return text[:limit] or None
+
+
+def clean_scalar(value: Any) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return clean_text(value, MAX_METADATA_VALUE)
+
+
+def event_id_for(trace_id: int, span_id: int) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{trace_id:032x}{span_id:016x}"))
+
+
+def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not key.startswith(A.METADATA_PREFIX) or len(out) >= MAX_METADATA_KEYS:
+            continue
+        name = clean_text(key[len(A.METADATA_PREFIX) :], 128)
+        if name:
+            if isinstance(value, list | tuple):
+                value = ",".join(str(v) for v in value)
+            out[name] = clean_scalar(value)
+    return out
+
+
+def _first_text(attributes: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        text = clean_text(attributes.get(key))
+        if text:
+            return text
+    return None
+
+
+def build_event(
+    attributes: Mapping[str, Any],
+    *,
+    trace_id: int,
+    span_id: int,
+    start_ns: int,
+    end_ns: int,
+    ok: bool,
+    unattributed_customer: str = "unattributed",
+) -> dict[str, Any]:
+    """The usage event of one finished span (any span following the GenAI conventions)."""
+    a = attributes
+    customer = clean_text(a.get(A.CUSTOMER_ID))
+    attributed = customer is not None
+    input_tokens = count(a.get(A.INPUT_TOKENS)) or 0
+    output_tokens = count(a.get(A.OUTPUT_TOKENS)) or 0
+    total = count(a.get(A.TOTAL_TOKENS))
+    if total is None or total < input_tokens + output_tokens:
+        total = input_tokens + output_tokens
+    start_s, end_s = start_ns / 1e9, end_ns / 1e9
+    ttfc = seconds(a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK))
+    error_type = clean_text(a.get(A.ERROR_TYPE), 128)
+    status_code = count(a.get(A.HTTP_STATUS_CODE))
+    units: dict[str, Any] = {}
+    for name, key in _UNIT_COUNTS:
+        value = count(a.get(key))
+        if value is not None:
+            units[name] = value
+    audio = seconds(a.get(A.AUDIO_SECONDS))
+    if audio is not None:
+        units["audio_seconds"] = audio
+    for name, key in (("image_size", A.IMAGE_SIZE), ("image_quality", A.IMAGE_QUALITY)):
+        text = clean_text(a.get(key), 32)
+        if text:
+            units[name] = text
+    success = ok and error_type is None
+    finish = a.get(A.RESPONSE_FINISH_REASONS)
+    return {
+        # --- the cmdrdata-openai format ---------------------------------------------------
+        "customer_id": customer if attributed else unattributed_customer,
+        "model": _first_text(a, A.RESPONSE_MODEL, A.REQUEST_MODEL) or "unknown",
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": total,
+        "provider": _first_text(a, A.PROVIDER_NAME, A.SYSTEM) or "openai",
+        "metadata": _metadata(a),
+        "timestamp": int(end_s),
+        "version": __version__,
+        "latency": {
+            "request_start_time": int(start_s),
+            "request_end_time": int(end_s),
+            "duration_ms": max(0, (end_ns - start_ns) // 1_000_000),
+            "time_to_first_token_ms": int(ttfc * 1000) if ttfc is not None else None,
+        },
+        "error": {
+            "occurred": not success,
+            "type": error_type,
+            "code": str(status_code) if status_code is not None else None,
+            "message": None,  # error messages may quote the prompt: never sent
+        },
+        "request": {
+            "id": clean_text(a.get(A.OPENAI_REQUEST_ID), 128),
+            "streaming": a.get(A.REQUEST_STREAM) is True,
+            "retry_count": count(a.get(A.HTTP_RESEND_COUNT)) or 0,
+            "success": success,
+        },
+        # --- added by cmdrdata-autotrack (schema 1.0) --------------------------------------
+        "event_id": event_id_for(trace_id, span_id),
+        "schema_version": SCHEMA_VERSION,
+        "timestamp_ms": end_ns // 1_000_000,
+        "operation": clean_text(a.get(A.OPERATION_NAME), 64),
+        "endpoint": clean_text(a.get(A.OPENAI_API_TYPE), 64),
+        "request_model": clean_text(a.get(A.REQUEST_MODEL)),
+        "response_id": clean_text(a.get(A.RESPONSE_ID)),
+        "cached_input_tokens": count(a.get(A.CACHE_READ_INPUT_TOKENS)) or 0,
+        "reasoning_tokens": count(a.get(A.REASONING_OUTPUT_TOKENS)) or 0,
+        "units": units,
+        "service_tier": clean_text(a.get(A.OPENAI_RESPONSE_SERVICE_TIER), 64),
+        "usage_estimated": a.get(A.USAGE_ESTIMATED) is True,
+        "finish_reasons": [clean_text(r, 64) for r in finish][:16]
+        if isinstance(finish, list | tuple)
+        else [],
+        "attributed": attributed,
+        "customer_source": clean_text(a.get(A.CUSTOMER_SOURCE), 16) if attributed else None,
+        "trace_id": f"{trace_id:032x}",
+        "span_id": f"{span_id:016x}",
+        "server_address": clean_text(a.get(A.SERVER_ADDRESS)),
+    }

@@ -1,0 +1,449 @@
+"""Delivery to a real HTTP ingest server on 127.0.0.1 that fails on command.
+
+For every fault: the distinct event ids received equal the events sent, and no
+event is counted twice once deduplicated by its idempotency key.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmdrdata_autotrack.config import Settings
+from cmdrdata_autotrack.export import ledger as ledger_db
+from cmdrdata_autotrack.export.client import endpoint_problem, key_problem
+from cmdrdata_autotrack.export.pipeline import Pipeline
+from cmdrdata_autotrack.export.spool import Spool
+from cmdrdata_autotrack.telemetry import logging as agent_logging
+from cmdrdata_autotrack.telemetry import metrics
+from cmdrdata_autotrack.usage.event import build_event
+
+from ingest_server import IngestServer
+
+KEY = "tk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def ingest() -> Iterator[IngestServer]:
+    with IngestServer(api_key=KEY) as server:
+        yield server
+
+
+def settings_for(tmp_path: Path, ingest: IngestServer | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_key": KEY,
+        "endpoint": ingest.url if ingest else "https://api.cmdrdata.ai/api/events",
+        "spool_dir": str(tmp_path / "spool"),
+        "ledger_path": str(tmp_path / "ledger.sqlite3"),
+        "timeout": 0.5,
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.2,
+        "breaker_threshold": 3,
+        "breaker_cooldown": 0.1,
+        "shutdown_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def pipelines() -> Iterator[list[Pipeline]]:
+    made: list[Pipeline] = []
+    yield made
+    for pipeline in made:
+        pipeline.shutdown(0)
+
+
+def make(pipelines: list[Pipeline], settings: Settings) -> Pipeline:
+    pipeline = Pipeline(settings)
+    pipelines.append(pipeline)
+    return pipeline
+
+
+def event(customer: str = "acme", **attrs: Any) -> dict[str, Any]:
+    attributes = {
+        "cmdrdata.metered": True,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+        "gen_ai.usage.input_tokens": 17,
+        "gen_ai.usage.output_tokens": 9,
+        "cmdrdata.customer.id": customer,
+        **attrs,
+    }
+    return build_event(
+        attributes,
+        trace_id=uuid.uuid4().int,
+        span_id=uuid.uuid4().int >> 64,
+        start_ns=1_700_000_000_000_000_000,
+        end_ns=1_700_000_000_500_000_000,
+        ok=True,
+    )
+
+
+def submit(pipeline: Pipeline, n: int) -> list[str]:
+    events = [event(f"c{i % 5}") for i in range(n)]
+    for e in events:
+        pipeline.submit(e)
+    return [e["event_id"] for e in events]
+
+
+def assert_exactly_once(ingest: IngestServer, ids: list[str], timeout: float = 20.0) -> None:
+    assert ingest.wait_for_events(len(ids), timeout), (
+        f"{len(ingest.accepted_ids())} of {len(ids)} events arrived"
+    )
+    assert ingest.accepted_ids() == set(ids)
+
+
+# --- the happy paths ----------------------------------------------------------------------
+
+
+def test_single_event_mode(tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest))
+    ids = submit(pipeline, 40)
+    assert_exactly_once(ingest, ids)
+    assert ingest.duplicates() == 0
+    first = ingest.requests[0]
+    assert first.path == "/api/events"
+    assert first.headers["authorization"] == f"Bearer {KEY}"
+    assert first.idempotency_key == first.body["event_id"]
+    assert first.headers["content-type"] == "application/json"
+    # the event in the format the cmdrdata-openai client used, plus the new fields
+    body = ingest.accepted()[ids[0]]
+    for key in (
+        "customer_id",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "provider",
+        "metadata",
+        "timestamp",
+        "version",
+        "latency",
+        "error",
+        "request",
+    ):
+        assert key in body
+    assert (body["input_tokens"], body["output_tokens"], body["total_tokens"]) == (17, 9, 26)
+    # all acknowledged: the spool is empty
+    assert pipeline.flush(5)
+    assert Spool(pipeline.spool_path).stats().depth == 0
+
+
+def test_batch_mode(tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, batch_size=25))
+    ids = submit(pipeline, 100)
+    assert_exactly_once(ingest, ids)
+    assert all(r.path == "/api/events/batch" for r in ingest.requests)
+    assert len(ingest.requests) < 100
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 10])
+@pytest.mark.parametrize(
+    "fault",
+    ["fail_500", "rate_limit", "slow", "reset", "down"],
+)
+def test_faults_lose_nothing_and_count_nothing_twice(
+    fault: str, batch_size: int, tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, batch_size=batch_size))
+    if fault == "fail_500":
+        ingest.fail(500, times=4)
+    elif fault == "rate_limit":
+        ingest.rate_limit(retry_after="0.2", times=2)
+    elif fault == "slow":
+        ingest.slow(1.5, times=2)  # beyond the 0.5 s timeout: the client retries
+    elif fault == "reset":
+        ingest.reset_connection(times=3)
+    else:
+        ingest.down()
+    ids = submit(pipeline, 30)
+    if fault == "down":
+        assert not ingest.wait_for_events(1, 0.5)
+        ingest.up()
+    assert_exactly_once(ingest, ids)
+    # duplicates (a slow answer the client gave up on) are the same events, same keys
+    for request in ingest.requests:
+        if request.body and "event_id" in request.body:
+            assert request.idempotency_key == request.body["event_id"]
+
+
+def test_retry_after_is_honoured(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest))
+    ingest.rate_limit(retry_after="1", times=1)
+    ids = submit(pipeline, 1)
+    assert_exactly_once(ingest, ids)
+    first, second = ingest.requests[0], ingest.requests[-1]
+    assert first.status == 429
+    assert second.time - first.time >= 0.95
+
+
+def test_circuit_breaker_opens_probes_and_recovers(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, breaker_cooldown=0.3))
+    ingest.fail(503, times=None)
+    ids = submit(pipeline, 10)
+    assert ingest.wait_for_requests(3, 10)
+    # open: the sender stops hammering the API and probes one request at a time
+    assert _wait_for(lambda: pipeline.breaker.state in ("open", "half-open"))
+    assert Spool(pipeline.spool_path).state().get("breaker") in ("open", "half-open")
+    ingest.clear()
+    assert_exactly_once(ingest, ids)
+    assert pipeline.breaker.state == "closed"
+
+
+def test_non_retryable_event_goes_to_dead_letters_alone(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest))
+    events = [event() for _ in range(5)]
+    ingest.reject_event(events[2]["event_id"], 422, "bad model")
+    for e in events:
+        pipeline.submit(e)
+    good = [e["event_id"] for i, e in enumerate(events) if i != 2]
+    assert_exactly_once(ingest, good)
+    spool = Spool(pipeline.spool_path)
+    assert _wait_for(lambda: spool.stats().dead_letters == 1)
+    dead = spool.dead_letters()
+    assert dead[0]["event_id"] == events[2]["event_id"]
+    assert dead[0]["status"] == 422 and "bad model" in str(dead[0]["reason"])
+    # resendable once fixed
+    ingest.clear()
+    ingest.reset()
+    assert spool.resend_dead_letters() == 1
+    pipeline.flush(5)
+    assert ingest.wait_for_events(1, 10)
+    assert events[2]["event_id"] in ingest.accepted_ids()
+
+
+def test_one_bad_event_does_not_sink_its_batch(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, batch_size=10))
+    events = [event() for _ in range(10)]
+    ingest.reject_event(events[4]["event_id"])
+    for e in events:
+        pipeline.submit(e)
+    good = [e["event_id"] for i, e in enumerate(events) if i != 4]
+    assert_exactly_once(ingest, good)
+    spool = Spool(pipeline.spool_path)
+    assert _wait_for(lambda: spool.stats().dead_letters == 1)
+
+
+def test_wrong_key_keeps_events_spooled(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, api_key="tk-wrong-key-000000000"))
+    submit(pipeline, 3)
+    assert ingest.wait_for_requests(1, 10)
+    pipeline.flush(1)
+    spool = Spool(pipeline.spool_path)
+    stats = spool.stats()
+    assert stats.depth == 3 and stats.dead_letters == 0
+
+
+# --- durability of the spool --------------------------------------------------------------
+
+
+def test_journal_read_twice_is_not_sent_twice(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    """A crash between importing a journal segment and deleting it re-reads the segment."""
+    settings = settings_for(tmp_path, ingest)
+    pipeline = make(pipelines, settings)
+    ids = submit(pipeline, 5)
+    pipeline.journal.rotate()
+    saved = tmp_path / "saved"
+    shutil.copytree(pipeline.spool_dir / "journal", saved)
+    assert_exactly_once(ingest, ids)
+    pipeline.shutdown()
+    shutil.copytree(saved, pipeline.spool_dir / "journal", dirs_exist_ok=True)
+    again = make(pipelines, settings)
+    again.flush(5)
+    assert ingest.duplicates() == 0 and len(ingest.requests) == 5
+
+
+def test_spool_overflow_is_counted_and_logged(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    settings = settings_for(tmp_path, None, endpoint="http://127.0.0.1:9/none", spool_max_mb=0.01)
+    pipeline = make(pipelines, settings)
+    before = metrics.snapshot().get("events_dropped", 0)
+    submit(pipeline, 40)  # ~1.5 kB each: about 6 fit in 10 kB
+    pipeline.import_journal(Spool(pipeline.spool_path))
+    stats = Spool(pipeline.spool_path).stats()
+    assert 0 < stats.depth < 40 and stats.bytes <= 0.01 * 1024 * 1024
+    assert metrics.snapshot()["events_dropped"] - before == 40 - stats.depth
+
+
+def test_drop_oldest_policy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    items = [(f"id{i}", "x" * 100, None) for i in range(10)]
+    added, dropped = spool.put(items, max_bytes=500, policy="drop-oldest")
+    assert (added, dropped) == (10, 5)
+    remaining = [e.event_id for e in spool.lease("t", 100, 10)]
+    assert remaining == [f"id{i}" for i in range(5, 10)]
+
+
+def test_ledger_mode_without_a_key(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, None, api_key=None))
+    ids = submit(pipeline, 7)
+    assert pipeline.flush(5)
+    conn = ledger_db.open_ledger(Path(pipeline.ledger_path))
+    rows = conn.execute("SELECT event_id, input_tokens FROM usage").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    # recorded once even when the same events come again
+    for e in [event()]:
+        pipeline.submit(e)
+        pipeline.submit(e)
+    pipeline.flush(5)
+    assert conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 8
+
+
+# --- security -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://api.cmdrdata.ai/api/events", True),
+        ("http://127.0.0.1:8080/api/events", True),
+        ("http://localhost/api/events", True),
+        ("http://[::1]:9/api/events", True),
+        ("http://api.cmdrdata.ai/api/events", False),
+        ("ftp://x/y", False),
+        ("not a url", False),
+    ],
+)
+def test_https_only_except_loopback(url: str, ok: bool) -> None:
+    assert (endpoint_problem(url) is None) is ok
+
+
+def test_insecure_endpoint_is_refused_at_start(
+    tmp_path: Path, pipelines: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = make(
+        pipelines, settings_for(tmp_path, None, endpoint="http://api.cmdrdata.ai/api/events")
+    )
+    assert pipeline.problem is not None and "https" in pipeline.problem
+    submit(pipeline, 1)
+    assert len(pipeline._threads) == 1  # journal import only: nothing is sent over plain http
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("tk-0123456789abcdef", None),
+        ("sk-0123456789abcdef", "does not start with 'tk-'"),
+        ("tk-short", "characters long"),
+        (" tk-0123456789abcdef", "whitespace"),
+        ("tk-0123456789ab\ncdef", "whitespace or control"),
+    ],
+)
+def test_key_format_check(key: str, problem: str | None) -> None:
+    found = key_problem(key)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_the_key_never_appears_in_logs(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(agent_logging.RedactingFilter())
+    root = logging.getLogger()
+    agent_logger = logging.getLogger("cmdrdata_autotrack")
+    old_levels = root.level, agent_logger.level
+    root.addHandler(handler)
+    agent_logger.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    agent_logger.setLevel(logging.DEBUG)
+    try:
+        pipeline = make(pipelines, settings_for(tmp_path, ingest))
+        ingest.fail(500, times=2)
+        ingest.reset_connection(times=1)
+        ids = submit(pipeline, 3)
+        assert_exactly_once(ingest, ids)
+        wrong = make(pipelines, settings_for(tmp_path / "w", ingest, api_key="tk-" + "s3cr3t" * 4))
+        submit(wrong, 1)
+        assert ingest.wait_for_requests(len(ingest.requests) + 1, 10)
+        agent_logger.debug("header dump: Authorization: Bearer %s", KEY)
+        agent_logger.error("oops with key %s", KEY)
+    finally:
+        root.removeHandler(handler)
+        agent_logger.removeHandler(handler)
+        root.setLevel(old_levels[0])
+        agent_logger.setLevel(old_levels[1])
+    text = stream.getvalue()
+    assert "delivery failed" in text  # the failures were logged
+    assert KEY not in text and "s3cr3t" not in text
+    assert "[REDACTED]" in text
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+
+def test_hostile_span_gives_a_clean_event() -> None:
+    e = build_event(
+        {
+            "cmdrdata.customer.id": "ac\x00me\n" + "x" * 1000,
+            "gen_ai.usage.input_tokens": -5,
+            "gen_ai.usage.output_tokens": 2**62,
+            "cmdrdata.usage.total_tokens": "lots",
+            "gen_ai.response.model": "\x1b[31mred",
+            "cmdrdata.metadata.k\x07": "v\x00",
+            "cmdrdata.metadata.big": 10**40,
+            "cmdrdata.metadata.nan": float("nan"),
+            "cmdrdata.metadata.list": ["a", "b"],
+            "gen_ai.response.finish_reasons": ["stop", "\x00"],
+            "gen_ai.response.time_to_first_chunk": float("inf"),
+        },
+        trace_id=1,
+        span_id=2,
+        start_ns=10,
+        end_ns=5,
+        ok=True,
+    )
+    import json
+
+    json.dumps(e, allow_nan=False)  # valid JSON, no NaN
+    assert e["customer_id"].startswith("acme") and len(e["customer_id"]) == 256
+    assert (e["input_tokens"], e["output_tokens"]) == (0, 0)
+    assert e["total_tokens"] == 0
+    assert e["model"] == "[31mred"
+    assert e["metadata"] == {"k": "v", "big": str(10**40), "nan": None, "list": "a,b"}
+    assert e["latency"]["duration_ms"] == 0 and e["latency"]["time_to_first_token_ms"] is None
+
+
+def test_event_ids_are_stable_per_span() -> None:
+    a = build_event({}, trace_id=7, span_id=9, start_ns=0, end_ns=0, ok=True)
+    b = build_event({}, trace_id=7, span_id=9, start_ns=0, end_ns=0, ok=False)
+    c = build_event({}, trace_id=7, span_id=10, start_ns=0, end_ns=0, ok=True)
+    assert a["event_id"] == b["event_id"] != c["event_id"]
+    assert uuid.UUID(a["event_id"]).version == 5
+    assert a["customer_id"] == "unattributed" and a["attributed"] is False
+
+
+def _wait_for(check: Any, timeout: float = 10.0) -> bool:
+    """Poll a condition that has no event to wait on (state owned by another thread)."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        pause.wait(0.02)
+    return bool(check())
