@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 APP = "cmdrdata-autotrack"
@@ -35,3 +36,20 @@ def spool_dir(configured: str | None) -> Path:
 
 def ledger_path(configured: str | None) -> Path:
     return Path(configured).expanduser() if configured else data_dir() / "ledger.sqlite3"
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Every file of the agent's for one configuration."""
+
+    spool_dir: Path
+    journal_dir: Path
+    spool_path: Path
+    ledger_path: Path
+
+
+def locations(spool: str | None, ledger: str | None) -> Locations:
+    directory = spool_dir(spool)
+    return Locations(
+        directory, directory / "journal", directory / "spool.sqlite3", ledger_path(ledger)
+    )

@@ -1,5 +1,6 @@
 """The README's demo: run an unmodified app under ``cmdrdata-run`` against a local
-stand-in for the OpenAI API, and show the span each call became.
+stand-in for the OpenAI API, show the span each call became, and the usage report
+from the local ledger (the default when no cmdrdata API key is set).
 
     python examples/demo.py
 """
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from local_openai import serve
 
 HERE = Path(__file__).resolve().parent
 LAUNCHER = Path(sys.executable).with_name("cmdrdata-run")
+REPORT = Path(sys.executable).with_name("cmdrdata-autotrack")
 
 
 def spans_in(text: str) -> list[dict[str, Any]]:
@@ -36,8 +39,12 @@ def spans_in(text: str) -> list[dict[str, Any]]:
 
 def main() -> int:
     server, base_url = serve()
+    state = Path(tempfile.mkdtemp(prefix="cmdrdata-demo-"))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "CMDRDATA_API_KEY"},
+        # no API key: usage goes to a local ledger (here a fresh one for the demo)
+        "CMDRDATA_LEDGER_PATH": str(state / "ledger.sqlite3"),
+        "CMDRDATA_SPOOL_DIR": str(state / "spool"),
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": "sk-demo-not-a-real-key",
         "OTEL_SERVICE_NAME": "demo-app",
@@ -70,7 +77,9 @@ def main() -> int:
             f" {a.get('gen_ai.usage.output_tokens', '-'):>7}"
             f" {a.get('cmdrdata.usage.total_tokens', '-'):>6}"
         )
-    return 0
+    print("\n$ cmdrdata-autotrack report\n")
+    sys.stdout.flush()
+    return subprocess.run([str(REPORT), "report"], env=env).returncode
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
 from . import ledger as ledger_db
 from .backoff import CircuitBreaker, backoff_delay
-from .client import DeliveryClient, Result, endpoint_problem, key_problem
+from .client import CONNECT_TIMEOUT, DeliveryClient, Result, endpoint_problem, key_problem
 from .journal import Journal, read_lines
 from .spool import Leased, Spool
 
@@ -43,18 +44,21 @@ logger = logging.getLogger("cmdrdata_autotrack.delivery")
 
 IMPORT_BATCH_WINDOW_S = 0.05  # gather events this long before closing a journal segment
 IDLE_WAIT_S = 1.0
-LEASE_S = 120.0
-SINGLE_MODE_LEASE = 32
+SINGLE_MODE_LEASE = 8
+LEASE_MARGIN_S = 10.0
 
 
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spool_dir = paths.spool_dir(settings.spool_dir)
-        self.spool_path = self.spool_dir / "spool.sqlite3"
-        self.ledger_path = paths.ledger_path(settings.ledger_path)
+        where = paths.locations(settings.spool_dir, settings.ledger_path)
+        self.spool_dir, self.spool_path, self.ledger_path = (
+            where.spool_dir,
+            where.spool_path,
+            where.ledger_path,
+        )
         self.max_bytes = int(settings.spool_max_mb * 1024 * 1024)
-        self.journal = Journal(self.spool_dir / "journal", self.max_bytes)
+        self.journal = Journal(where.journal_dir, self.max_bytes)
         self.mode = "deliver" if settings.api_key else "ledger"
         self.problem: str | None = None
         if self.mode == "deliver":
@@ -65,7 +69,7 @@ class Pipeline:
                 )
             if settings.api_key and (bad := key_problem(settings.api_key)):
                 logger.warning("cmdrdata: %s", bad)
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner()
         self.batch_size = max(1, settings.batch_size)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         self._init_runtime_state()
@@ -77,6 +81,7 @@ class Pipeline:
         self._wake_import = threading.Event()
         self._wake_send = threading.Event()
         self._stopping = threading.Event()
+        self._stop_import = threading.Event()
         self._deadline = float("inf")
         self._threads: list[threading.Thread] = []
         self.produced = 0
@@ -106,7 +111,7 @@ class Pipeline:
 
     def start(self) -> None:
         with self._lock:
-            if self._threads or self._stopping.is_set():
+            if self._threads or self._stop_import.is_set():
                 return
             importer = threading.Thread(
                 target=self._guarded(self._import_loop), name="cmdrdata-import", daemon=True
@@ -141,13 +146,13 @@ class Pipeline:
         return run
 
     def _import_loop(self) -> None:
-        store = self._open_store()
+        store = self.open_store()
         try:
             while True:
                 self._wake_import.wait(IDLE_WAIT_S)
-                stopping = self._stopping.is_set()
+                stopping = self._stop_import.is_set()
                 if not stopping:
-                    self._stopping.wait(IMPORT_BATCH_WINDOW_S)
+                    self._stop_import.wait(IMPORT_BATCH_WINDOW_S)
                 self._wake_import.clear()
                 self.import_journal(store)
                 if stopping:
@@ -155,7 +160,7 @@ class Pipeline:
         finally:
             store.close()
 
-    def _open_store(self) -> Any:
+    def open_store(self) -> Any:
         if self.mode == "ledger":
             return _LedgerStore(self.ledger_path)
         return Spool(self.spool_path)
@@ -194,7 +199,7 @@ class Pipeline:
             self._wake_send.set()
         return moved
 
-    def _new_client(self) -> DeliveryClient:
+    def new_client(self) -> DeliveryClient:
         return DeliveryClient(
             self.settings.endpoint,
             self.settings.batch_endpoint,
@@ -204,12 +209,17 @@ class Pipeline:
 
     def _send_loop(self) -> None:
         spool = Spool(self.spool_path)
-        client = self._new_client()
+        client = self.new_client()
         pruned_at = 0.0
+        last_call = False
         try:
+            spool.reclaim(owner_is_dead)
             while True:
                 if self._stopping.is_set() and time.monotonic() >= self._deadline:
                     return
+                if self._stopping.is_set() and not last_call:
+                    last_call = True
+                    spool.make_due()  # one more try for events waiting out a backoff
                 if not self.breaker.allow():
                     self._publish_state(spool)
                     if self._stopping.is_set():
@@ -225,6 +235,7 @@ class Pipeline:
                 wait = IDLE_WAIT_S if due_in is None else min(max(due_in, 0.01), IDLE_WAIT_S)
                 self._wake_send.wait(wait)
                 self._wake_send.clear()
+                spool.reclaim(owner_is_dead)
                 if time.time() - pruned_at > 3600:
                     spool.prune_delivered()
                     pruned_at = time.time()
@@ -237,7 +248,9 @@ class Pipeline:
         limit = self.batch_size if self.batch_size > 1 else SINGLE_MODE_LEASE
         if self.breaker.state != CircuitBreaker.CLOSED:
             limit = 1  # half-open: one probe
-        leased = spool.lease(self.owner, limit, LEASE_S)
+        # long enough to try every leased request once, timeouts included
+        lease_s = (CONNECT_TIMEOUT + self.settings.timeout) * (1 if self.batch_size > 1 else limit)
+        leased = spool.lease(self.owner, limit, lease_s + LEASE_MARGIN_S)
         if leased:
             if self.batch_size > 1 and len(leased) > 1:
                 self._deliver_batch(spool, client, leased)
@@ -338,7 +351,7 @@ class Pipeline:
     def flush(self, timeout: float) -> bool:
         """Import the journal and wait until the spool holds nothing due (or ``timeout``)."""
         deadline = time.monotonic() + timeout
-        store = self._open_store()
+        store = self.open_store()
         try:
             self.import_journal(store)
             if self.mode == "ledger" or self.problem:
@@ -358,22 +371,47 @@ class Pipeline:
     def shutdown(self, timeout: float | None = None) -> None:
         """Deliver what can be delivered within the deadline, then stop the threads."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
-        if not self._threads or self._stopping.is_set():
+        if not self._threads or self._stop_import.is_set():
             return
         self._deadline = time.monotonic() + (timeout if self.produced else 0.0)
-        self._stopping.set()
+        importer, senders = self._threads[0], self._threads[1:]
+        self._stop_import.set()  # first: the last journal lines reach the spool ...
         self._wake_import.set()
+        importer.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
+        self._stopping.set()  # ... then the sender's last pass sends them
         self._wake_send.set()
-        for thread in self._threads:
+        for thread in senders:
             thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
 
     def _after_fork_in_child(self) -> None:
         self._init_runtime_state()
         self.journal.after_fork_in_child()
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner()
         self.breaker = CircuitBreaker(
             self.settings.breaker_threshold, self.settings.breaker_cooldown
         )
+
+
+def lease_owner() -> str:
+    """``host:pid:nonce``: which process holds a lease, and whether it can still be alive."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """A lease owner on this host whose process no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine (or pid namespace): let its lease expire
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class _LedgerStore:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +206,37 @@ class Spool:
                     (time.time() + delay_s, error[:500], event_id),
                 )
             ]
+        )
+
+    def reclaim(self, is_dead: Callable[[str], bool]) -> int:
+        """Free the leases of owners that are gone (a process killed while sending)."""
+        now = time.time()
+        owners = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT lease_owner FROM events WHERE lease_until > ? "
+                "AND lease_owner IS NOT NULL",
+                (now,),
+            ).fetchall()
+        ]
+        dead = [owner for owner in owners if is_dead(owner)]
+        if dead:
+            self._write(
+                [
+                    (
+                        "UPDATE events SET lease_owner = NULL, lease_until = 0 "
+                        "WHERE lease_owner = ?",
+                        (owner,),
+                    )
+                    for owner in dead
+                ]
+            )
+        return len(dead)
+
+    def make_due(self) -> None:
+        """Every waiting, unleased event is due now (a last attempt before the process exits)."""
+        self._write(
+            [("UPDATE events SET next_attempt_at = 0 WHERE lease_until <= ?", (time.time(),))]
         )
 
     def release(self, event_ids: Sequence[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 
@@ -17,6 +18,16 @@ def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    # WAL persists in the file: only the first connection switches it (switching needs a
+    # lock that other connections' busy handlers do not wait for).
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        for attempt in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn

@@ -1,0 +1,1 @@
+"""``cmdrdata-autotrack``: the operator's commands (report, doctor, flush, dead-letters)."""

@@ -1,0 +1,160 @@
+"""``cmdrdata-autotrack doctor``: is the agent set up to meter and deliver? Non-zero when not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .._version import __version__
+from ..config import Settings
+from ..export.client import endpoint_problem, key_problem
+from ..export.spool import Spool
+from ..paths import locations
+from ..telemetry.logging import redact
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "doctor",
+        help="check configuration, endpoint, spool, dead letters and circuit breaker",
+        description="Check the agent's set-up. Exit code 0: all good; 1: something is wrong.",
+    )
+    parser.add_argument("--json", action="store_true", help="write the report as JSON")
+    parser.add_argument(
+        "--no-network", action="store_true", help="skip the endpoint reachability check"
+    )
+    parser.set_defaults(func=run)
+
+
+def _sdk() -> Check:
+    try:
+        from importlib.metadata import version
+
+        installed = version("openai")
+    except Exception:
+        return Check("openai SDK", WARN, "not installed")
+    from ..instrumentation.openai.endpoints import SUPPORTED_MAX_EXCLUSIVE, SUPPORTED_MIN
+    from ..instrumentation.openai.instrumentor import parse_version
+
+    supported = SUPPORTED_MIN <= parse_version(installed) < SUPPORTED_MAX_EXCLUSIVE
+    return Check(
+        "openai SDK",
+        OK if supported else FAIL,
+        f"{installed} ({'supported' if supported else 'outside the supported range'})",
+    )
+
+
+def _reachable(endpoint: str, timeout: float) -> Check:
+    import requests
+
+    started = time.monotonic()
+    try:
+        response = requests.get(endpoint, timeout=(3.05, timeout))
+    except requests.RequestException as exc:
+        return Check("endpoint reachable", FAIL, f"{endpoint}: {type(exc).__name__}")
+    elapsed = (time.monotonic() - started) * 1000
+    status = FAIL if response.status_code >= 500 else OK
+    return Check("endpoint reachable", status, f"HTTP {response.status_code} in {elapsed:.0f} ms")
+
+
+def checks(settings: Settings, network: bool) -> list[Check]:
+    found = [_sdk()]
+    if settings.disabled:
+        found.append(Check("metering", WARN, "disabled (CMDRDATA_DISABLED)"))
+    where = locations(settings.spool_dir, settings.ledger_path)
+    if not settings.api_key:
+        found.append(
+            Check("mode", OK, f"local ledger at {where.ledger_path} (no CMDRDATA_API_KEY)")
+        )
+    else:
+        problem = endpoint_problem(settings.endpoint)
+        found.append(
+            Check("endpoint", FAIL if problem else OK, problem or f"{settings.endpoint} (https)")
+        )
+        bad_key = key_problem(settings.api_key)
+        found.append(Check("tracker key", WARN if bad_key else OK, bad_key or "format looks right"))
+        if network and not problem:
+            found.append(_reachable(settings.endpoint, settings.timeout))
+    journal = where.journal_dir
+    waiting = len(list(journal.glob("*.jsonl"))) if journal.exists() else 0
+    found.append(Check("journal", OK, f"{waiting} segment(s) waiting to be imported in {journal}"))
+    if where.spool_path.exists():
+        spool = Spool(where.spool_path)
+        try:
+            stats, state = spool.stats(), spool.state()
+        finally:
+            spool.close()
+        age = f", oldest {stats.oldest_age_s:.0f} s old" if stats.oldest_age_s is not None else ""
+        backlog = stats.depth and (not settings.api_key or (stats.oldest_age_s or 0) > 3600)
+        found.append(
+            Check(
+                "spool",
+                WARN if backlog else OK,
+                f"{stats.depth} event(s) waiting ({stats.bytes} bytes), {stats.due} due{age}",
+            )
+        )
+        found.append(
+            Check(
+                "dead letters",
+                FAIL if stats.dead_letters else OK,
+                f"{stats.dead_letters} event(s) refused by the API"
+                + (" (see: cmdrdata-autotrack dead-letters)" if stats.dead_letters else ""),
+            )
+        )
+        breaker = str(state.get("breaker", "closed"))
+        seen = state.get("at")
+        when = (
+            f", reported {time.time() - float(seen):.0f} s ago"
+            if isinstance(seen, int | float)
+            else ""
+        )
+        found.append(Check("circuit breaker", OK if breaker == "closed" else WARN, breaker + when))
+    else:
+        found.append(Check("spool", OK, f"empty (none yet at {where.spool_path})"))
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    found = checks(settings, network=not args.no_network)
+    config = {k: (None if v is None else redact(str(v))) for k, v in settings.masked().items()}
+    failed = any(c.status == FAIL for c in found)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "version": __version__,
+                    "python": platform.python_version(),
+                    "ok": not failed,
+                    "configuration": config,
+                    "checks": [asdict(c) for c in found],
+                },
+                indent=2,
+            )
+        )
+        return 1 if failed else 0
+    print(f"cmdrdata-autotrack {__version__} on Python {platform.python_version()}")
+    print("\nConfiguration (secrets masked):")
+    width = max(len(k) for k in config)
+    for key, value in config.items():
+        print(f"  {key:<{width}}  {value if value is not None else '-'}")
+    print("\nChecks:")
+    for check in found:
+        print(f"  [{check.status:>4}] {check.name}: {check.detail}")
+    print("\n" + ("Something is wrong: see the [fail] lines." if failed else "All good."))
+    sys.stdout.flush()
+    return 1 if failed else 0
