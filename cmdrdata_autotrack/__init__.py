@@ -23,14 +23,18 @@ if TYPE_CHECKING:
 
 
 def instrument(**settings: Any) -> None:
-    """Start the agent from code (``settings`` override the environment)."""
+    """Start the agent from code; keyword arguments (names of :class:`Settings` fields)
+    override the environment. Never raises: a bad setting is logged and ignored."""
     from . import agent
-    from .config import Settings
+    from .config import Settings, known_overrides
     from .telemetry import logging as agent_logging
 
-    resolved = Settings.from_env(**settings)
-    agent_logging.configure(resolved.log_level)
-    agent.start(resolved)
+    try:
+        resolved = Settings.from_env(**known_overrides(settings))
+        agent_logging.configure(resolved.log_level, resolved.log_format)
+        agent.start(resolved)
+    except Exception:
+        agent_logging.error_once("instrument", "cmdrdata: could not start; the app runs on")
 
 
 def flush(timeout: float = 5.0) -> bool:

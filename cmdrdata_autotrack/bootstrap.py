@@ -18,7 +18,7 @@ def run() -> None:
         from .telemetry import logging as agent_logging
 
         settings = Settings.from_env()
-        agent_logging.configure(settings.log_level)
+        agent_logging.configure(settings.log_level, settings.log_format)
         agent.start(settings)
     except Exception as exc:  # never crash the app
         try:

@@ -309,7 +309,7 @@ class Settings:
     log_format: str = "text"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
         """Read every setting from ``environ``; keyword arguments win over it."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -327,6 +327,20 @@ class Settings:
             value = getattr(self, setting.name)
             out[setting.env] = mask_secret(value) if setting.secret and value else value
         return out
+
+
+def known_overrides(values: Mapping[str, object]) -> dict[str, object]:
+    """Keep the overrides that name a setting, parsed like its variable; warn about the rest."""
+    out: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in _BY_NAME:
+            logger.warning("cmdrdata: unknown setting %r ignored", name)
+            continue
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        out[name] = _parse(_BY_NAME[name], text)
+    return out
 
 
 def mask_secret(value: object) -> str:

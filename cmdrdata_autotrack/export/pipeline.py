@@ -315,7 +315,7 @@ class Pipeline:
     def _handle_failure(
         self, spool: Spool, item: Leased, result: Result, count_breaker: bool = True
     ) -> None:
-        extra = {"event_id": item.event_id}
+        extra = {"event_id": item.event_id, "trace_id": _trace_id(item.body)}
         if result.outcome == "refused":
             spool.dead_letter(item.event_id, result.reason, result.status)
             metrics.increment("events_dead_lettered")
@@ -390,6 +390,14 @@ class Pipeline:
         self.breaker = CircuitBreaker(
             self.settings.breaker_threshold, self.settings.breaker_cooldown
         )
+
+
+def _trace_id(body: str) -> str | None:
+    try:
+        value = json.loads(body).get("trace_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def lease_owner() -> str:

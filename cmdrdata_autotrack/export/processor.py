@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..telemetry import metrics
 from ..telemetry.logging import error_once
-from ..usage.attributes import METERED_MARK
+from ..usage.attributes import INSTRUMENTATION_SCOPE, METERED_MARK
 from ..usage.event import build_event
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -32,7 +32,9 @@ class MeteringSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         try:
             attributes = span.attributes
-            if not attributes or METERED_MARK not in attributes:
+            scope = span.instrumentation_scope
+            ours = scope is not None and scope.name == INSTRUMENTATION_SCOPE
+            if not attributes or not (ours or METERED_MARK in attributes):
                 return
             metrics.increment("spans_metered")
             context = span.context

@@ -7,10 +7,12 @@ filter on that logger's handler masks anything that looks like a key or an
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
+import time
 from typing import Any
 
 ROOT = "cmdrdata_autotrack"
@@ -47,24 +49,72 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Text lines; the event and trace ids of a record are appended; secrets masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_KEYS if hasattr(record, k))
+        return redact(f"{line} {ids}" if ids else line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, event/trace ids, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key in CONTEXT_KEYS:
+            if hasattr(record, key):
+                payload[key] = getattr(record, key)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(payload, default=str))
+
+
+JsonFormatter.converter = time.gmtime
+CONTEXT_KEYS = ("event_id", "trace_id", "request_id")
+
 _configured = False
 _config_lock = threading.Lock()
+_handler: logging.Handler | None = None
 
 
-def configure(level: str = "warning") -> None:
-    """Give the agent's logger a stderr handler (once), at ``level``, redacted."""
-    global _configured
+def configure(level: str = "warning", fmt: str = "text") -> None:
+    """Give the agent's loggers one stderr handler, at ``level``, in ``fmt``, redacted."""
+    global _configured, _handler
     with _config_lock:
-        logger.setLevel(level.upper())
-        if _configured:
-            return
-        _configured = True
-        logger.addFilter(RedactingFilter())
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("cmdrdata-autotrack %(levelname)s %(message)s"))
-        handler.addFilter(RedactingFilter())
-        logger.addHandler(handler)
-        logger.propagate = False
+        try:
+            logger.setLevel(level.upper())
+        except (ValueError, TypeError):
+            logger.setLevel(logging.WARNING)
+        if not _configured:
+            _configured = True
+            _handler = logging.StreamHandler(sys.stderr)
+            _handler.addFilter(RedactingFilter())
+            logger.addHandler(_handler)
+            logger.propagate = False
+        assert _handler is not None
+        _handler.setFormatter(
+            JsonFormatter()
+            if fmt == "json"
+            else RedactingFormatter("cmdrdata-autotrack %(levelname)s %(message)s")
+        )
+        # the one redacting filter, on every logger of the agent's
+        redacting = RedactingFilter()
+        for name, child in list(logging.root.manager.loggerDict.items()):
+            ours = name == ROOT or name.startswith(ROOT + ".")
+            if (
+                ours
+                and isinstance(child, logging.Logger)
+                and not any(isinstance(f, RedactingFilter) for f in child.filters)
+            ):
+                child.addFilter(redacting)
 
 
 _warned: set[str] = set()

@@ -107,18 +107,19 @@ class TracerSource:
         return self._own_tracer()
 
     def _attach(self, provider: TracerProvider) -> None:
-        if getattr(provider, _ATTACHED, False):
-            return
+        attached: set[int] = getattr(provider, _ATTACHED, None) or set()
+        for processor in self._processors:
+            if id(processor) not in attached:
+                provider.add_span_processor(processor)
+                attached.add(id(processor))
+        setattr(provider, _ATTACHED, attached)
         sampler = getattr(provider, "sampler", None)
         if sampler is not None and not isinstance(sampler, MeteringSampler):
             try:
                 setattr(provider, "sampler", MeteringSampler(sampler))  # noqa: B010
             except AttributeError:  # SDK versions where it is a read-only property
                 setattr(provider, "_sampler", MeteringSampler(sampler))  # noqa: B010
-        for processor in self._processors:
-            provider.add_span_processor(processor)
-        setattr(provider, _ATTACHED, True)
-        logger.debug("joined the app's tracer provider")
+            logger.debug("joined the app's tracer provider")
 
     def _own_tracer(self) -> trace.Tracer:
         if self._own is None:
@@ -135,13 +136,11 @@ class TracerSource:
         )
         # OTEL_SDK_DISABLED turns tracing off, not billing: keep recording for metering.
         setattr(provider, "_disabled", False)  # noqa: B010
-        for processor in self._processors:
-            provider.add_span_processor(processor)
+        self._attach(provider)
         for name in exporter_names(self._settings, os.environ):
             exporter = _exporter_processor(name)
             if exporter is not None:
                 provider.add_span_processor(exporter)
-        setattr(provider, _ATTACHED, True)
         return provider
 
     def shutdown(self) -> None:

@@ -149,6 +149,9 @@ class MeteredCall:
             retry = _retry_count(request)
             if retry:
                 self.resend_count = retry
+            headers = getattr(response, "headers", None)
+            if headers is not None:
+                self.request_id = headers.get("x-request-id")
             attrs: dict[str, Any] = {A.ERROR_TYPE: type(exc).__qualname__}
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
@@ -193,6 +196,10 @@ class MeteredCall:
                     usage = self._estimate(observer, usage)
             elif isinstance(observer, BodyObserver):
                 usage, info = observer.result()
+                if usage is None and self.endpoint.family in ("chat", "completions", "responses"):
+                    # the body was never read: OpenAI billed the call all the same
+                    metrics.increment("usage_estimated")
+                    usage = Usage(input_tokens=estimate_input_tokens(self.kwargs), estimated=True)
             if exc is not None:
                 error_type = type(exc).__qualname__
                 attrs[A.ERROR_TYPE] = error_type
@@ -230,12 +237,15 @@ class MeteredCall:
         try:
             span = self.span
             attrs: dict[str, Any] = {}
+            source = _usage_source(usage, failed)
             if self.request_usage is not None:
                 merged = Usage()
                 merged.merge(self.request_usage)
                 if usage is not None:
                     merged.merge(usage)
                 usage = merged
+                if source == "none" and not failed and not usage.is_empty():
+                    source = "request"  # known from the request alone (speech characters)
             if usage is not None and not failed:
                 attrs.update(usage.to_attributes())
             attrs.update(info.to_attributes())
@@ -244,7 +254,7 @@ class MeteredCall:
                 attrs[A.OPENAI_REQUEST_ID] = self.request_id
             if self.resend_count:
                 attrs[A.HTTP_RESEND_COUNT] = self.resend_count
-            attrs[A.USAGE_SOURCE] = _usage_source(usage, failed)
+            attrs[A.USAGE_SOURCE] = source
             span.set_attributes(attrs)
             span.end()
             metrics.increment("calls_metered")

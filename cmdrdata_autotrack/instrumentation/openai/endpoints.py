@@ -51,7 +51,14 @@ _PAIR_CHAT = ("Completions", "AsyncCompletions")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
-        _CHAT, _PAIR_CHAT, "create", "chat", "chat_completions", "chat", injects_stream_usage=True
+        _CHAT,
+        _PAIR_CHAT,
+        "create",
+        "chat",
+        "chat_completions",
+        "chat",
+        injects_stream_usage=True,
+        output_type="text",
     ),
     Endpoint(_CHAT, _PAIR_CHAT, "parse", "chat", "chat_completions", "chat", output_type="json"),
     Endpoint(_CHAT, _PAIR_CHAT, "stream", "chat", "chat_completions", "chat", role="stream_helper"),
@@ -62,7 +69,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         _BETA_CHAT, _PAIR_CHAT, "stream", "chat", "chat_completions", "chat", role="stream_helper"
     ),
     Endpoint(
-        _RESPONSES, ("Responses", "AsyncResponses"), "create", "chat", "responses", "responses"
+        _RESPONSES,
+        ("Responses", "AsyncResponses"),
+        "create",
+        "chat",
+        "responses",
+        "responses",
+        output_type="text",
     ),
     Endpoint(
         _RESPONSES,
@@ -90,6 +103,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "completions",
         "completions",
         injects_stream_usage=True,
+        output_type="text",
     ),
     Endpoint(
         ("openai.resources.embeddings",),

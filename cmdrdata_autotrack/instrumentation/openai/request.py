@@ -52,7 +52,7 @@ def _output_type(kwargs: Mapping[str, Any], default: str | None) -> str | None:
         return "json"
     if isinstance(fmt, str) and fmt in ("text", "srt", "vtt"):
         return "text"
-    return default or ("text" if "messages" in kwargs or "input" in kwargs else None)
+    return default
 
 
 def request_attributes(kwargs: Mapping[str, Any], output_type: str | None) -> dict[str, Any]:
