@@ -9,7 +9,9 @@ sees). The agent joins that provider, as it does in production.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +38,36 @@ for _name in [n for n in os.environ if n.startswith("CMDRDATA_")]:
 STATE_DIR = Path(tempfile.mkdtemp(prefix="cmdrdata-tests-"))
 os.environ["CMDRDATA_SPOOL_DIR"] = str(STATE_DIR / "spool")
 os.environ["CMDRDATA_LEDGER_PATH"] = str(STATE_DIR / "ledger.sqlite3")
+
+
+# --- no network beyond loopback: a test that tries fails loudly -------------------------------
+_real_connect = socket.socket.connect
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback(host: object) -> bool:
+    if host in ("localhost", None, ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+        raise ConnectionRefusedError(f"tests may not reach {address[0]} (loopback only)")
+    _real_connect(self, address)
+
+
+def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    if not _loopback(host.decode() if isinstance(host, bytes) else host):
+        raise socket.gaierror(f"tests may not resolve {host!r} (loopback only)")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo
 
 
 class RecordingProcessor(SpanProcessor):

@@ -21,6 +21,7 @@ from cmdrdata_autotrack.tracing.sampler import MeteringSampler
 
 from conftest import Spans
 from fake_openai import FakeOpenAI
+from ingest_server import IngestServer
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -28,28 +29,40 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 def test_tracked_openai_is_a_drop_in(fake: FakeOpenAI, spans: Spans) -> None:
     from cmdrdata_autotrack import AsyncTrackedOpenAI, TrackedOpenAI
 
-    client = TrackedOpenAI(
-        api_key="sk-test",
-        tracker_key="tk-test-key-123456",
-        tracker_endpoint="https://api.cmdrdata.ai/api/events",
-        tracker_timeout=3.0,
-        base_url=fake.base_url,
-        max_retries=0,
-    )
-    assert isinstance(client, openai.OpenAI)
-    assert client.get_openai_client() is client
-    assert client.get_tracker() is agent.get()
-    reply = client.chat.completions.create(**CHAT, customer_id="tracked")
-    assert reply.usage.total_tokens == 26
-    assert spans.attrs()["cmdrdata.customer.id"] == "tracked"
     running = agent.get()
-    assert running is not None and running.settings.timeout == 3.0
-    assert running.settings.api_key == "tk-test-key-123456"
-    # the old client's per-call switch
-    spans.__init__()
-    client.chat.completions.create(**CHAT, track_usage=False)
-    assert spans.all == []
-    assert isinstance(AsyncTrackedOpenAI(api_key="x", base_url=fake.base_url), openai.AsyncOpenAI)
+    assert running is not None
+    original = running.settings
+    key = "tk-test-key-123456"
+    try:
+        with IngestServer(api_key=key) as ingest:
+            client = TrackedOpenAI(
+                api_key="sk-test",
+                tracker_key=key,
+                tracker_endpoint=ingest.url,
+                tracker_timeout=3.0,
+                base_url=fake.base_url,
+                max_retries=0,
+            )
+            assert isinstance(client, openai.OpenAI)
+            assert client.get_openai_client() is client
+            assert client.get_tracker() is running
+            assert running.settings.timeout == 3.0 and running.settings.api_key == key
+            reply = client.chat.completions.create(**CHAT, customer_id="tracked")
+            assert reply.usage.total_tokens == 26
+            assert spans.attrs()["cmdrdata.customer.id"] == "tracked"
+            # the tracker settings given to the client are the ones usage is delivered with
+            assert ingest.wait_for_events(1, 10)
+            (event,) = ingest.accepted().values()
+            assert (event["customer_id"], event["total_tokens"]) == ("tracked", 26)
+            # the old client's per-call switch
+            spans.__init__()
+            client.chat.completions.create(**CHAT, track_usage=False)
+            assert spans.all == []
+            assert isinstance(
+                AsyncTrackedOpenAI(api_key="x", base_url=fake.base_url), openai.AsyncOpenAI
+            )
+    finally:
+        running.reconfigure(original)
 
 
 def test_azure_client(fake: FakeOpenAI, spans: Spans) -> None:
