@@ -25,8 +25,9 @@ for range in $SDK_RANGES; do
 done
 
 echo "== ruff, mypy --strict"
-"$first/bin/ruff" check cmdrdata_autotrack tests benchmarks examples
-"$first/bin/ruff" format --check cmdrdata_autotrack tests benchmarks examples
+lint=$(for d in cmdrdata_autotrack tests benchmarks examples; do [ -d "$d" ] && echo "$d"; done)
+"$first/bin/ruff" check $lint
+"$first/bin/ruff" format --check $lint
 "$first/bin/mypy" --strict cmdrdata_autotrack
 
 for range in $SDK_RANGES; do
