@@ -18,6 +18,7 @@ from .export.pipeline import Pipeline
 from .export.processor import MeteringSpanProcessor
 from .instrumentation.openai import instrumentor
 from .instrumentation.openai.wrappers import Runtime
+from .telemetry import logging as agent_logging
 from .telemetry.logging import error_once, logger
 from .tracing.provider import TracerSource
 
@@ -42,8 +43,8 @@ class Agent:
         self.settings = self.runtime.settings = settings
         self.pipeline = None if settings.disabled else Pipeline(settings)
         self.processor.sinks[:] = [self.pipeline.submit] if self.pipeline else []
-        if old is not None:
-            old.shutdown()
+        if old is not None:  # it delivers what it holds without holding up the caller
+            threading.Thread(target=old.shutdown, name="cmdrdata-retire", daemon=True).start()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver (or record) every event so far; ``True`` when nothing is left waiting."""
@@ -85,7 +86,9 @@ def ensure_started(**overrides: Any) -> Agent:
     given = {k: v for k, v in overrides.items() if v is not None}
     current = get()
     if current is None:
-        return start(Settings.from_env(**given))
+        settings = Settings.from_env(**given)
+        agent_logging.configure(settings.log_level, settings.log_format)
+        return start(settings)
     changed = {k: v for k, v in given.items() if getattr(current.settings, k) != v}
     if changed:
         with _lock:

@@ -447,3 +447,61 @@ def _wait_for(check: Any, timeout: float = 10.0) -> bool:
             return True
         pause.wait(0.02)
     return bool(check())
+
+
+def test_wrong_endpoint_path_keeps_events_instead_of_dead_lettering(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    wrong = ingest.url.replace("/api/events", "/api/evnts")
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, endpoint=wrong))
+    submit(pipeline, 2)
+    assert ingest.wait_for_requests(1, 10)
+    pipeline.flush(1)
+    stats = Spool(pipeline.spool_path).stats()
+    assert (stats.depth, stats.dead_letters) == (2, 0)
+
+
+def test_shutdown_waits_for_a_retry_due_before_its_deadline(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, shutdown_timeout=5.0))
+    ingest.rate_limit(retry_after="1", times=1)
+    ids = submit(pipeline, 1)
+    assert ingest.wait_for_requests(1, 10)
+    pipeline.shutdown()
+    assert ingest.accepted_ids() == set(ids)
+
+
+def test_insecure_endpoint_flush_reports_failure(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, None, endpoint="http://example.com/e"))
+    submit(pipeline, 1)
+    assert pipeline.flush(1) is False
+
+
+def test_journal_budget_is_credited_when_another_process_imports(tmp_path: Path) -> None:
+    from cmdrdata_autotrack.export.journal import Journal
+
+    journal = Journal(tmp_path / "j", max_bytes=100)
+    assert journal.append(b"x" * 60 + b"\n")
+    assert not journal.append(b"y" * 60 + b"\n")  # over budget
+    journal.rotate()
+    for path in (tmp_path / "j").iterdir():
+        path.unlink()  # imported elsewhere
+    journal.reconcile()
+    assert journal.append(b"z" * 60 + b"\n")
+
+
+def test_empty_unattributed_sentinel_falls_back() -> None:
+    e = build_event(
+        {}, trace_id=1, span_id=1, start_ns=0, end_ns=0, ok=True, unattributed_customer=""
+    )
+    assert e["customer_id"] == "unattributed"
+    e = build_event(
+        {"gen_ai.response.finish_reasons": ["stop", "\x00", ""]},
+        trace_id=1,
+        span_id=1,
+        start_ns=0,
+        end_ns=0,
+        ok=True,
+    )
+    assert e["finish_reasons"] == ["stop"]

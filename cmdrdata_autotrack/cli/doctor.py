@@ -82,9 +82,7 @@ def checks(settings: Settings, network: bool) -> list[Check]:
         )
     else:
         problem = endpoint_problem(settings.endpoint)
-        found.append(
-            Check("endpoint", FAIL if problem else OK, problem or f"{settings.endpoint} (https)")
-        )
+        found.append(Check("endpoint", FAIL if problem else OK, problem or settings.endpoint))
         bad_key = key_problem(settings.api_key)
         found.append(Check("tracker key", WARN if bad_key else OK, bad_key or "format looks right"))
         if network and not problem:

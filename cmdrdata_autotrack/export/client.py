@@ -2,8 +2,9 @@
 
 Each answer is classified for the sender: delivered, retry later (408, 429, 5xx,
 connection errors and timeouts, honouring ``Retry-After``), refused for good
-(other 4xx: that event goes to the dead letters), or unauthorised (401/403: the
-key is wrong; events stay spooled until it is fixed).
+(other 4xx: that event goes to the dead letters), or a set-up problem (401/403:
+the key is refused; 404/405: the endpoint is wrong): events stay spooled until
+it is fixed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from .._version import __version__
 from .backoff import retry_after_seconds
 
-Outcome = Literal["delivered", "retry", "refused", "unauthorized"]
+Outcome = Literal["delivered", "retry", "refused", "unauthorized", "misconfigured"]
 RETRYABLE = frozenset({408, 425, 429})
 CONNECT_TIMEOUT = 3.05
 BATCH_NAMESPACE = uuid.UUID("6a0d1f3c-2b4e-4f7a-8c9d-0e1f2a3b4c5d")
@@ -80,6 +81,8 @@ def classify(status: int, retry_after: str | None, body: str) -> Result:
         return Result("retry", status, retry_after_seconds(retry_after), f"HTTP {status}")
     if status in (401, 403):
         return Result("unauthorized", status, None, f"HTTP {status}: the tracker key was refused")
+    if status in (404, 405):
+        return Result("misconfigured", status, None, f"HTTP {status}: is CMDRDATA_ENDPOINT right?")
     return Result("refused", status, None, f"HTTP {status}: {body[:300]}")
 
 

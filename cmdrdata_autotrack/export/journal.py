@@ -34,7 +34,9 @@ class Journal:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
-        self._written = 0  # bytes in segments not yet imported (this process's view)
+        self._written = 0  # bytes in this process's segments that are not imported yet
+        self._segment_bytes = 0  # of them, in the open segment
+        self._closed: dict[Path, int] = {}  # this process's closed segments, with their size
         self._pid = os.getpid()
 
     # --- the app's side: append ----------------------------------------------------------
@@ -49,6 +51,7 @@ class Journal:
             fd = self._fd if self._fd is not None else self._open()
             os.write(fd, line)
             self._written += len(line)
+            self._segment_bytes += len(line)
             return True
 
     def _open(self) -> int:
@@ -64,7 +67,8 @@ class Journal:
         """In a forked child: the parent's segment is the parent's. Start afresh."""
         if self._fd is not None:
             os.close(self._fd)  # the parent's descriptor keeps its lock
-        self._fd, self._path, self._written = None, None, 0
+        self._fd, self._path, self._written, self._segment_bytes = None, None, 0, 0
+        self._closed = {}
         self._pid = os.getpid()
 
     def after_fork_in_child(self) -> None:
@@ -80,7 +84,9 @@ class Journal:
                 self._forget_inherited()
             if self._fd is not None:
                 os.close(self._fd)
-                self._fd, self._path = None, None
+                if self._path is not None:
+                    self._closed[self._path] = self._segment_bytes
+                self._fd, self._path, self._segment_bytes = None, None, 0
 
     def ready_segments(self) -> Iterator[tuple[Path, int]]:
         """Segments nobody is writing, each with an open locked descriptor (caller closes)."""
@@ -100,7 +106,7 @@ class Journal:
                 continue
             yield path, fd
 
-    def imported(self, path: Path, fd: int, size: int) -> None:
+    def imported(self, path: Path, fd: int) -> None:
         """A segment's events are safely in the spool: remove it."""
         try:
             path.unlink()
@@ -109,7 +115,15 @@ class Journal:
         finally:
             os.close(fd)
         with self._lock:
-            self._written = max(0, self._written - size)
+            own = self._closed.pop(path, None)
+            if own is not None:
+                self._written = max(0, self._written - own)
+
+    def reconcile(self) -> None:
+        """Credit this process's segments that another process imported."""
+        with self._lock:
+            for path in [p for p in self._closed if not p.exists()]:
+                self._written = max(0, self._written - self._closed.pop(path))
 
     def pending_bytes(self) -> int:
         return self._written

@@ -136,12 +136,20 @@ class Pipeline:
             self.start()
 
     def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
+        """Run ``loop``; after an internal error, log it and start it again (with a pause)."""
+
         def run() -> None:
-            try:
-                loop()
-            except Exception:
-                metrics.increment("pipeline_errors")
-                error_once("loop:" + loop.__name__, "cmdrdata: delivery thread failed")
+            pause = 0.5
+            while True:
+                try:
+                    loop()
+                    return
+                except Exception:
+                    metrics.increment("pipeline_errors")
+                    error_once("loop:" + loop.__name__, "cmdrdata: delivery thread failed")
+                if self._stopping.is_set() or self._stop_import.wait(pause):
+                    return
+                pause = min(pause * 2, 30.0)
 
         return run
 
@@ -171,7 +179,7 @@ class Pipeline:
         moved = 0
         for path, fd in self.journal.ready_segments():
             try:
-                lines, size = read_lines(fd)
+                lines, _ = read_lines(fd)
                 events: list[tuple[str, str, dict[str, Any] | None]] = []
                 for line in lines:
                     try:
@@ -184,7 +192,7 @@ class Pipeline:
             except Exception:
                 os.close(fd)
                 raise
-            self.journal.imported(path, fd, size)
+            self.journal.imported(path, fd)
             moved += added
             metrics.increment("events_spooled", added)
             if dropped:
@@ -195,6 +203,7 @@ class Pipeline:
                     self.settings.spool_overflow,
                     dropped,
                 )
+        self.journal.reconcile()
         if moved:
             self._wake_send.set()
         return moved
@@ -229,9 +238,13 @@ class Pipeline:
                     continue
                 if self.send_round(spool, client):
                     continue
-                if self._stopping.is_set():
-                    return  # nothing due now: what is left waits for the next process
                 due_in = spool.next_due_in()
+                if self._stopping.is_set():
+                    # a retry due before the deadline is still worth waiting for
+                    if due_in is None or time.monotonic() + due_in >= self._deadline:
+                        return  # what is left waits for the next process
+                    self._wake_send.wait(due_in)
+                    continue
                 wait = IDLE_WAIT_S if due_in is None else min(max(due_in, 0.01), IDLE_WAIT_S)
                 self._wake_send.wait(wait)
                 self._wake_send.clear()
@@ -296,7 +309,7 @@ class Pipeline:
                     self._handle_failure(spool, item, result, count_breaker=False)
             spool.ack(delivered)
             metrics.increment("events_delivered", len(delivered))
-        elif overall.outcome == "refused" and overall.status == 404:
+        elif overall.status in (404, 405):
             warn_once(
                 "no-batch-endpoint",
                 "cmdrdata: the batch endpoint %s answered 404; sending one event per request",
@@ -306,6 +319,10 @@ class Pipeline:
             spool.release([x.event_id for x in leased])
         elif overall.outcome == "refused":
             # One bad event must not sink its batch: find it by sending each on its own.
+            spool.extend_lease(
+                [x.event_id for x in leased],
+                (CONNECT_TIMEOUT + self.settings.timeout) * len(leased) + LEASE_MARGIN_S,
+            )
             self._deliver_each(spool, client, leased)
         else:
             for item in leased:
@@ -325,8 +342,8 @@ class Pipeline:
             if count_breaker:
                 self.breaker.success()  # the API answered: it is up
             return
-        if result.outcome == "unauthorized":
-            error_once("unauthorized", "cmdrdata: %s; events stay spooled", result.reason)
+        if result.outcome in ("unauthorized", "misconfigured"):
+            error_once(result.outcome, "cmdrdata: %s; events stay spooled", result.reason)
             delay = self.settings.retry_max_delay
         else:
             delay = backoff_delay(
@@ -354,8 +371,10 @@ class Pipeline:
         store = self.open_store()
         try:
             self.import_journal(store)
-            if self.mode == "ledger" or self.problem:
+            if self.mode == "ledger":
                 return True
+            if self.problem:
+                return False
             self.start()
             self._wake_send.set()
             while time.monotonic() < deadline:
@@ -400,17 +419,26 @@ def _trace_id(body: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
+
+
 def lease_owner() -> str:
-    """``host:pid:nonce``: which process holds a lease, and whether it can still be alive."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pidns:pid:nonce``: which process holds a lease, and whether it can be alive."""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead(owner: str) -> bool:
-    """A lease owner on this host whose process no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine (or pid namespace): let its lease expire
+    """A lease owner in this host and pid namespace whose process no longer exists."""
+    parts = owner.split(":")
+    if len(parts) != 4:
+        return False
+    host, namespace, pid, _ = parts
+    if host != socket.gethostname() or namespace != _pid_namespace() or not pid.isdigit():
+        return False  # another machine or container: let its lease expire
     if int(pid) == os.getpid():
         return False
     try:

@@ -233,6 +233,15 @@ class Spool:
             )
         return len(dead)
 
+    def extend_lease(self, event_ids: Sequence[str], lease_s: float) -> None:
+        until = time.time() + lease_s
+        self._write(
+            [
+                ("UPDATE events SET lease_until = ? WHERE event_id = ?", (until, i))
+                for i in event_ids
+            ]
+        )
+
     def make_due(self) -> None:
         """Every waiting, unleased event is due now (a last attempt before the process exits)."""
         self._write(

@@ -136,4 +136,4 @@ def error_once(key: str, message: str, *args: Any) -> None:
         return
     if len(_warned) < _MAX_WARNED:
         _warned.add(key)
-    logger.error(message, *args, exc_info=True)
+    logger.error(message, *args, exc_info=sys.exc_info()[0] is not None)

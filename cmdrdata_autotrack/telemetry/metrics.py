@@ -1,7 +1,6 @@
 """The agent's own counters: cheap, thread-safe, readable at any time.
 
 Counters are plain integers behind one lock; :func:`snapshot` reads them all.
-They are exported as OpenTelemetry and Prometheus metrics by the export layer.
 """
 
 from __future__ import annotations

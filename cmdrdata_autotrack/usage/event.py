@@ -8,8 +8,8 @@ the trace and span ids. Schema: ``docs/usage-event.schema.json``.
 
 Every value is sanitised here: strings are bounded and stripped of control
 characters, counts must be sane non-negative integers, metadata is flattened
-to bounded JSON scalars. A hostile or malformed span gives a clean event (and a
-warning), never an exception.
+to bounded JSON scalars. A hostile or malformed span gives a clean event, never
+an exception.
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def build_event(
     finish = a.get(A.RESPONSE_FINISH_REASONS)
     return {
         # --- the cmdrdata-openai format ---------------------------------------------------
-        "customer_id": customer if attributed else unattributed_customer,
+        "customer_id": customer
+        if attributed
+        else (clean_text(unattributed_customer) or "unattributed"),
         "model": _first_text(a, A.RESPONSE_MODEL, A.REQUEST_MODEL) or "unknown",
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -168,7 +170,7 @@ def build_event(
         "units": units,
         "service_tier": clean_text(a.get(A.OPENAI_RESPONSE_SERVICE_TIER), 64),
         "usage_estimated": a.get(A.USAGE_ESTIMATED) is True,
-        "finish_reasons": [clean_text(r, 64) for r in finish][:16]
+        "finish_reasons": [r for r in (clean_text(x, 64) for x in finish) if r][:16]
         if isinstance(finish, list | tuple)
         else [],
         "attributed": attributed,
