@@ -19,6 +19,8 @@ from .export.processor import MeteringSpanProcessor
 from .instrumentation.openai import instrumentor
 from .instrumentation.openai.wrappers import Runtime
 from .telemetry import logging as agent_logging
+from .telemetry import otel_metrics
+from .telemetry.health_server import HealthServer
 from .telemetry.logging import error_once, logger
 from .tracing.provider import TracerSource
 
@@ -27,7 +29,11 @@ class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pipeline: Pipeline | None = None if settings.disabled else Pipeline(settings)
-        self.processor = MeteringSpanProcessor(unattributed=settings.unattributed_customer)
+        self.processor = MeteringSpanProcessor(
+            unattributed=settings.unattributed_customer,
+            metrics_factory=lambda: otel_metrics.create(self._gauges),
+        )
+        self.health: HealthServer | None = None
         if self.pipeline is not None:
             self.processor.sinks.append(self.pipeline.submit)
         self.tracers = TracerSource(settings, [self.processor])
@@ -45,6 +51,37 @@ class Agent:
         self.processor.sinks[:] = [self.pipeline.submit] if self.pipeline else []
         if old is not None:  # it delivers what it holds without holding up the caller
             threading.Thread(target=old.shutdown, name="cmdrdata-retire", daemon=True).start()
+
+    def _gauges(self) -> dict[str, float]:
+        return self.pipeline.gauges() if self.pipeline is not None else {}
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.pipeline is None:
+            return False, "not ready: metering is disabled"
+        return self.pipeline.readiness()
+
+    def _breaker(self) -> str | None:
+        return self.pipeline.breaker.state if self.pipeline is not None else None
+
+    def serve_health(self) -> None:
+        """Start /metrics, /healthz and /readyz when CMDRDATA_METRICS_PORT is set."""
+        if self.settings.metrics_port is None or self.health is not None:
+            return
+        try:
+            self.health = HealthServer(
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                self._gauges,
+                self._readiness,
+                self._breaker,
+            ).start()
+        except OSError as exc:
+            logger.warning(
+                "cmdrdata: could not serve metrics on %s:%s: %s",
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                exc.strerror,
+            )
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver (or record) every event so far; ``True`` when nothing is left waiting."""
@@ -72,6 +109,7 @@ def start(settings: Settings | None = None) -> Agent:
             instrumentor.instrument(agent.runtime)
             atexit.register(_at_exit)
             lifecycle.install_signal_handlers(_on_terminate)
+            agent.serve_health()
             if agent.pipeline is not None:
                 try:
                     agent.pipeline.start_if_leftovers()

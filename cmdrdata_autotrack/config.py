@@ -158,6 +158,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds the open breaker waits before one probe (doubling up to 10 minutes).",
     ),
     Setting(
+        "metrics_port",
+        "CMDRDATA_METRICS_PORT",
+        "int",
+        None,
+        "Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this port. "
+        "Off when unset.",
+        option="--metrics-port",
+    ),
+    Setting(
+        "metrics_host",
+        "CMDRDATA_METRICS_HOST",
+        "str",
+        "127.0.0.1",
+        "The address the metrics server listens on (loopback by default; `0.0.0.0` "
+        "for a Kubernetes probe).",
+    ),
+    Setting(
         "unattributed_customer",
         "CMDRDATA_UNATTRIBUTED_CUSTOMER",
         "str",
@@ -299,6 +316,8 @@ class Settings:
     retry_max_delay: float = 60.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     unattributed_customer: str = "unattributed"
     customer_id: str | None = None
     stream_usage: str = "auto"

@@ -85,6 +85,7 @@ class Pipeline:
         self._deadline = float("inf")
         self._threads: list[threading.Thread] = []
         self.produced = 0
+        self.refusal: str | None = None  # why the API last refused the set-up (key, endpoint)
 
     # --- the app's side -------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class Pipeline:
             if result.outcome == "delivered":
                 delivered.append(item.event_id)
                 self.breaker.success()
+                self.refusal = None
             else:
                 self._handle_failure(spool, item, result)
         if delivered:
@@ -343,6 +345,7 @@ class Pipeline:
                 self.breaker.success()  # the API answered: it is up
             return
         if result.outcome in ("unauthorized", "misconfigured"):
+            self.refusal = result.reason
             error_once(result.outcome, "cmdrdata: %s; events stay spooled", result.reason)
             delay = self.settings.retry_max_delay
         else:
@@ -362,6 +365,34 @@ class Pipeline:
     def _publish_state(self, spool: Spool) -> None:
         with contextlib.suppress(Exception):  # doctor's view only: never worth failing for
             spool.set_state(breaker=self.breaker.state, breaker_pid=os.getpid(), at=time.time())
+
+    # --- state for operators --------------------------------------------------------------
+
+    def gauges(self) -> dict[str, float]:
+        """Spool depth and size, dead letters, journal bytes (for /metrics)."""
+        values: dict[str, float] = {"journal_bytes": float(self.journal.pending_bytes())}
+        if self.mode == "deliver" and self.spool_path.exists():
+            spool = Spool(self.spool_path)
+            try:
+                stats = spool.stats()
+            finally:
+                spool.close()
+            values.update(
+                spool_depth=stats.depth, spool_bytes=stats.bytes, dead_letters=stats.dead_letters
+            )
+        return values
+
+    def readiness(self) -> tuple[bool, str]:
+        """Can this process deliver usage right now? (for /readyz)"""
+        if self.mode == "ledger":
+            return True, f"ready: recording to the local ledger {self.ledger_path}"
+        if self.problem:
+            return False, f"not ready: {self.problem}"
+        if self.refusal:
+            return False, f"not ready: {self.refusal}"
+        if self.breaker.state == CircuitBreaker.OPEN:
+            return False, "not ready: the events API is failing (circuit breaker open)"
+        return True, "ready"
 
     # --- flush and shutdown ---------------------------------------------------------------
 

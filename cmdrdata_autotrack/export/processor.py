@@ -15,16 +15,28 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..telemetry import metrics
 from ..telemetry.logging import error_once
-from ..usage.attributes import INSTRUMENTATION_SCOPE, METERED_MARK
+from ..telemetry.otel_metrics import AgentMetrics
+from ..usage.attributes import (
+    INSTRUMENTATION_SCOPE,
+    METERED_MARK,
+    RESPONSE_TIME_TO_FIRST_CHUNK,
+)
 from ..usage.event import build_event
 
 EventSink = Callable[[dict[str, Any]], None]
 
 
 class MeteringSpanProcessor(SpanProcessor):
-    def __init__(self, sinks: list[EventSink] | None = None, unattributed: str = "unattributed"):
+    def __init__(
+        self,
+        sinks: list[EventSink] | None = None,
+        unattributed: str = "unattributed",
+        metrics_factory: Callable[[], AgentMetrics | None] | None = None,
+    ):
         self.sinks: list[EventSink] = list(sinks or [])
         self.unattributed = unattributed
+        self._metrics_factory = metrics_factory
+        self.metrics: AgentMetrics | None = None
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -51,6 +63,16 @@ class MeteringSpanProcessor(SpanProcessor):
             )
             for sink in self.sinks:
                 sink(event)
+            if self._metrics_factory is not None:  # resolved at the first call: the app has
+                self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
+            if self.metrics is not None:
+                start, end = span.start_time or 0, span.end_time or 0
+                ttfc = attributes.get(RESPONSE_TIME_TO_FIRST_CHUNK)
+                self.metrics.record_call(
+                    attributes,
+                    max(0, end - start) / 1e9,
+                    ttfc if isinstance(ttfc, float) else None,
+                )
         except Exception:
             metrics.increment("instrumentation_errors")
             error_once("processor", "cmdrdata: could not turn a span into a usage event")

@@ -78,13 +78,20 @@ class TracerSource:
         self._seen: object = None
         self._tracer: trace.Tracer | None = None
         self._own: TracerProvider | None = None
+        self._explicit: object = None
 
     @property
     def own_provider(self) -> TracerProvider | None:
         return self._own
 
+    def use_provider(self, provider: object) -> None:
+        """Use this provider (``tracer_provider=`` of opentelemetry-instrument), not the global."""
+        with self._lock:
+            self._explicit = provider
+            self._seen, self._tracer = None, None
+
     def tracer(self) -> trace.Tracer:
-        provider = trace.get_tracer_provider()
+        provider = self._explicit or trace.get_tracer_provider()
         tracer = self._tracer
         if provider is self._seen and tracer is not None:
             return tracer

@@ -32,6 +32,9 @@ class MeteringSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
+        if attributes and attributes.get(A.TRACE_SUPPRESSED):
+            # another instrumentation exports this call's span: record ours for metering only
+            return SamplingResult(Decision.RECORD_ONLY, attributes, None)
         result = self.inner.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )

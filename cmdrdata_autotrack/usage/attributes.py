@@ -79,6 +79,8 @@ BAGGAGE_CUSTOMER_ID = "cmdrdata.customer_id"
 
 # Present on every span the agent meters: the sampler keeps such spans recorded.
 METERED_MARK = "cmdrdata.metered"
+# Set when another OpenAI instrumentation traces the call: the span is for metering only.
+TRACE_SUPPRESSED = "cmdrdata.trace_suppressed"
 
 # The instrumentation scope of the agent's spans.
 INSTRUMENTATION_SCOPE = "cmdrdata_autotrack.openai"

@@ -31,6 +31,7 @@ class MeteredCall:
         "_lock",
         "_otel_token",
         "capture_content",
+        "current",
         "deferred",
         "endpoint",
         "first_chunk_at",
@@ -72,11 +73,14 @@ class MeteredCall:
         self._ended = False
         self._lock = threading.Lock()
         self._otel_token: object = None
+        self.current = True
 
     # --- the synchronous part of the call ------------------------------------------------
 
     def activate(self) -> None:
         """Make the span current while the SDK sends the request (HTTP spans nest under it)."""
+        if not self.current:
+            return
         self._otel_token = otel_context.attach(trace.set_span_in_context(self.span))
 
     def deactivate(self) -> None:

@@ -27,6 +27,7 @@ from ...telemetry import metrics
 from ...telemetry.logging import error_once
 from ...tracing.provider import TracerSource
 from ...usage import attributes as A
+from ..peers import PeerWatch
 from . import request as R
 from .call import MeteredCall
 from .endpoints import Endpoint
@@ -62,6 +63,7 @@ class Runtime:
         self.settings = settings
         self.tracers = tracers
         self.metering = not settings.disabled
+        self.peers = PeerWatch()
         self._clients: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
         )
@@ -113,12 +115,15 @@ class Runtime:
         attrs.update(attribution.to_attributes())
         if hide:
             attrs[A.STREAM_USAGE_INJECTED] = True
+        suppressed = self.peers.active()
+        if suppressed:
+            attrs[A.TRACE_SUPPRESSED] = True
         if settings.capture_content:
             attrs.update(R.content_attributes(kwargs))
         model = attrs.get(A.REQUEST_MODEL)
         name = f"{endpoint.operation} {model}" if model else endpoint.operation
         span = self.tracers.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
-        return MeteredCall(
+        call = MeteredCall(
             span,
             endpoint,
             kwargs,
@@ -126,6 +131,8 @@ class Runtime:
             hide,
             settings.capture_content,
         )
+        call.current = not suppressed  # the other instrumentation's span stays the parent
+        return call
 
 
 def _take_agent_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any, bool, Carried | None]:
