@@ -370,3 +370,23 @@ def mask_secret(value: object) -> str:
 
 def setting(name: str) -> Setting:
     return _BY_NAME[name]
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (docs/configuration.md embeds it verbatim)."""
+    rows = [
+        "| variable | `cmdrdata-run` option | `instrument()` keyword | type | default | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for item in SETTINGS:
+        option = f"`{item.option}`" if item.option else "-"
+        default = f"`{item.default}`" if item.default is not None else "unset"
+        kind = "one of " + ", ".join(f"`{c}`" for c in item.choices) if item.choices else item.kind
+        rows.append(
+            f"| `{item.env}` | {option} | `{item.name}` | {kind} | {default} | {item.help} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m cmdrdata_autotrack.config
+    print(reference_markdown(), end="")

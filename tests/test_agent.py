@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -250,3 +251,13 @@ def test_redaction(line: str) -> None:
     clean = redact(line)
     for secret in ("abcdefgh12345", "abcdef123456", "secret-value-999", "abcdefghijklmnop"):
         assert secret not in clean
+
+
+def test_configuration_reference_is_generated_from_the_code() -> None:
+    """docs/configuration.md embeds the generated table: it cannot drift from config.py."""
+    from cmdrdata_autotrack.config import reference_markdown
+
+    text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    begin = text.index("<!-- BEGIN SETTINGS")
+    body = text[text.index("\n", begin) + 1 : text.index("<!-- END SETTINGS -->")]
+    assert body == reference_markdown(), "run: python -m cmdrdata_autotrack.config"
