@@ -8,25 +8,32 @@ from ``TrackedOpenAI``; it flushes at exit and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 from dataclasses import replace
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
 from .config import Settings
-from .export.pipeline import Pipeline
-from .export.processor import MeteringSpanProcessor
-from .instrumentation.openai import instrumentor
-from .instrumentation.openai.wrappers import Runtime
+from .import_hook import when_imported
 from .telemetry import logging as agent_logging
-from .telemetry import otel_metrics
-from .telemetry.health_server import HealthServer
 from .telemetry.logging import error_once, logger
-from .tracing.provider import TracerSource
+
+if TYPE_CHECKING:
+    from .export.pipeline import Pipeline
+    from .telemetry.health_server import HealthServer
 
 
 class Agent:
     def __init__(self, settings: Settings) -> None:
+        # The heavy parts load here, when openai is imported, not at the app's start-up.
+        from .export.pipeline import Pipeline
+        from .export.processor import MeteringSpanProcessor
+        from .instrumentation.openai.wrappers import Runtime
+        from .telemetry import otel_metrics
+        from .tracing.provider import TracerSource
+
         self.settings = settings
         self.pipeline: Pipeline | None = None if settings.disabled else Pipeline(settings)
         self.processor = MeteringSpanProcessor(
@@ -45,6 +52,8 @@ class Agent:
 
     def reconfigure(self, settings: Settings) -> None:
         """New delivery settings (``TrackedOpenAI(tracker_key=...)``): a new pipeline."""
+        from .export.pipeline import Pipeline
+
         old = self.pipeline
         self.settings = self.runtime.settings = settings
         self.pipeline = None if settings.disabled else Pipeline(settings)
@@ -67,6 +76,8 @@ class Agent:
         """Start /metrics, /healthz and /readyz when CMDRDATA_METRICS_PORT is set."""
         if self.settings.metrics_port is None or self.health is not None:
             return
+        from .telemetry.health_server import HealthServer
+
         try:
             self.health = HealthServer(
                 self.settings.metrics_host,
@@ -100,15 +111,28 @@ def get() -> Agent | None:
     return _agent
 
 
+_pending: Settings | None = None
+_lifecycle_installed = False
+
+
+def _install_lifecycle() -> None:
+    global _lifecycle_installed
+    if not _lifecycle_installed:
+        _lifecycle_installed = True
+        atexit.register(_at_exit)
+        lifecycle.install_signal_handlers(_on_terminate)
+
+
 def start(settings: Settings | None = None) -> Agent:
-    """Start the agent (idempotent): the first start's settings win."""
+    """Start the agent now (idempotent): the first start's settings win."""
     global _agent
+    from .instrumentation.openai import instrumentor
+
     with _lock:
         if _agent is None:
-            agent = _agent = Agent(settings or Settings.from_env())
+            agent = _agent = Agent(settings or _pending or Settings.from_env())
             instrumentor.instrument(agent.runtime)
-            atexit.register(_at_exit)
-            lifecycle.install_signal_handlers(_on_terminate)
+            _install_lifecycle()
             agent.serve_health()
             if agent.pipeline is not None:
                 try:
@@ -117,6 +141,31 @@ def start(settings: Settings | None = None) -> Agent:
                     error_once("leftovers", "cmdrdata: could not look for spooled events")
             logger.debug("agent started (metering %s)", "on" if agent.metering else "off")
         return _agent
+
+
+def start_when_openai_is_imported(settings: Settings) -> None:
+    """Start the agent at the app's first ``import openai`` (now if it happened already).
+
+    Until then the agent costs one import finder: a process that never uses
+    OpenAI (a build step, a CLI tool) never loads OpenTelemetry, SQLite or requests.
+    """
+    global _pending
+    with _lock:
+        if _agent is not None or _pending is not None:
+            return
+        _pending = settings
+        _install_lifecycle()
+    if "openai" in sys.modules:
+        start(settings)
+    else:
+        when_imported("openai", _start_pending)
+
+
+def _start_pending(module: ModuleType) -> None:
+    try:
+        start(_pending)
+    except Exception:
+        error_once("start", "cmdrdata: could not start; the app runs uninstrumented")
 
 
 def ensure_started(**overrides: Any) -> Agent:
@@ -150,6 +199,8 @@ def _on_terminate() -> None:
 def uninstrument() -> None:
     """Restore the SDK's original methods and stop the agent (delivering what it holds)."""
     global _agent
+    from .instrumentation.openai import instrumentor
+
     with _lock:
         instrumentor.uninstrument()
         agent, _agent = _agent, None

@@ -19,7 +19,7 @@ def run() -> None:
 
         settings = Settings.from_env()
         agent_logging.configure(settings.log_level, settings.log_format)
-        agent.start(settings)
+        agent.start_when_openai_is_imported(settings)
     except Exception as exc:  # never crash the app
         try:
             from .telemetry.logging import logger

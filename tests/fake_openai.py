@@ -1497,6 +1497,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # answer at once on keep-alive connections (no 40 ms stall)
     server: _HTTPServer
 
     def setup(self) -> None:

@@ -133,10 +133,24 @@ def test_console_exporter_shows_one_span_per_call_with_usage_and_customer(
 
 
 def test_python_dash_c_pass_does_not_import_openai(fake: FakeOpenAI) -> None:
-    code = "import sys; print('openai' in sys.modules, getattr(sys, '_cmdrdata_autotrack_bootstrapped', False))"
+    code = (
+        "import sys; print('openai' in sys.modules, getattr(sys, '_cmdrdata_autotrack_bootstrapped', False),"
+        " any(m in sys.modules for m in ('requests', 'opentelemetry.sdk.trace', 'sqlite3', 'wrapt')))"
+    )
     result = run([RUN, sys.executable, "-c", code], app_env(fake))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "True"]
+    # bootstrapped, and nothing heavy loaded until the app imports openai
+    assert result.stdout.split() == ["False", "True", "False"]
+
+
+def test_agent_starts_when_the_app_imports_openai(fake: FakeOpenAI) -> None:
+    code = (
+        "import sys; from cmdrdata_autotrack import agent; before = agent.get() is None; "
+        "import openai; print(before, agent.get() is not None, 'opentelemetry.sdk.trace' in sys.modules)"
+    )
+    result = run([RUN, sys.executable, "-c", code], app_env(fake))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True"]
 
 
 def test_missing_command_exits_127_with_one_line(fake: FakeOpenAI) -> None:

@@ -14,14 +14,14 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from .._version import __version__
 from .backoff import retry_after_seconds
+
+if TYPE_CHECKING:
+    import requests
 
 Outcome = Literal["delivered", "retry", "refused", "unauthorized", "misconfigured"]
 RETRYABLE = frozenset({408, 425, 429})
@@ -90,6 +90,10 @@ class DeliveryClient:
     def __init__(
         self, endpoint: str, batch_endpoint: str | None, api_key: str, timeout: float
     ) -> None:
+        import requests  # here, on the sender thread: never on the app's start-up path
+        from requests.adapters import HTTPAdapter
+
+        self._requests = requests
         self.endpoint = endpoint
         self.batch_endpoint = batch_endpoint or endpoint.rstrip("/") + "/batch"
         self.timeout = (CONNECT_TIMEOUT, timeout)
@@ -109,6 +113,7 @@ class DeliveryClient:
         self.session.close()
 
     def _post(self, url: str, body: str, key: str) -> requests.Response | Result:
+        requests = self._requests
         try:
             return self.session.post(
                 url, data=body.encode(), headers={"Idempotency-Key": key}, timeout=self.timeout
