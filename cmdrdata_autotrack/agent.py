@@ -207,3 +207,5 @@ def uninstrument() -> None:
     if agent is not None:
         agent.shutdown()
         agent.tracers.shutdown()
+        if agent.health is not None:
+            agent.health.stop()

@@ -354,6 +354,7 @@ def test_sse_observer_responses_completed_event() -> None:
     )
     observer = SSEObserver("responses", hide_usage_chunk=False)
     assert observer.feed(body) == body
+    assert observer.flush() == b""  # the end of the stream: its tail is read now
     assert observer.usage is not None and observer.usage.reasoning_tokens == 256
     assert observer.finish_reasons == ["stop"] and observer.terminal
 
@@ -363,6 +364,17 @@ def test_sse_observer_error_event_and_garbage() -> None:
     body = sse({"error": {"message": "boom", "type": "server_error"}}) + b"data: {not json\n\n"
     assert observer.feed(body) + observer.flush() == body
     assert observer.error and observer.usage is None
+
+
+def test_sse_observer_long_stream_keeps_a_bounded_tail() -> None:
+    chunk = b'data: {"choices":[{"delta":{"content":"' + b"x" * 1000 + b'"}}]}\n\n'
+    observer = SSEObserver("chat", hide_usage_chunk=False)
+    for _ in range(2000):  # ~2 MB of stream
+        observer.feed(chunk)
+    observer.feed(USAGE_EVENT)
+    observer.flush()
+    assert observer.content_events == 2000
+    assert observer.usage is not None and observer.usage.total_tokens == 11
 
 
 def test_event_data() -> None:

@@ -38,6 +38,7 @@ from . import ledger as ledger_db
 from .backoff import CircuitBreaker, backoff_delay
 from .client import CONNECT_TIMEOUT, DeliveryClient, Result, endpoint_problem, key_problem
 from .journal import Journal, read_lines
+from .processor import span_record_to_event
 from .spool import Leased, Spool
 
 logger = logging.getLogger("cmdrdata_autotrack.delivery")
@@ -90,9 +91,10 @@ class Pipeline:
     # --- the app's side -------------------------------------------------------------------
 
     def submit(self, event: dict[str, Any]) -> None:
-        """Accept one event: journal it now, deliver it in the background. Never raises."""
+        """Accept one usage event or span record: journal it now, deliver it in the
+        background. Never raises."""
         try:
-            line = json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n"
+            line = json.dumps(event, separators=(",", ":")) + "\n"
             if self.journal.append(line.encode()):
                 metrics.increment("events_accepted")
             else:
@@ -185,7 +187,12 @@ class Pipeline:
                 for line in lines:
                     try:
                         event = json.loads(line)
-                        events.append((event["event_id"], line.decode(), event))
+                        if "a" in event and "event_id" not in event:  # a span record
+                            event = span_record_to_event(event, self.settings.unattributed_customer)
+                            raw = json.dumps(event, separators=(",", ":"), allow_nan=False)
+                        else:
+                            raw = line.decode()
+                        events.append((event["event_id"], raw, event))
                     except (ValueError, KeyError, TypeError):
                         metrics.increment("events_malformed")
                         warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
@@ -302,6 +309,7 @@ class Pipeline:
         metrics.observe("delivery_seconds", time.monotonic() - started)
         if overall.outcome == "delivered":
             self.breaker.success()
+            self.refusal = None
             delivered = []
             for item in leased:
                 result = per_event.get(item.event_id)

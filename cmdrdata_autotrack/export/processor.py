@@ -1,8 +1,10 @@
 """The span processor that turns each finished metered span into a usage event.
 
 ``on_end`` runs on the thread that ended the span, often the app's own: it
-never blocks and never raises. It builds the event from the span's attributes
-and hands it to the sinks (the delivery pipeline journals it and returns).
+never blocks and never raises. It hands a compact record of the span (its
+attributes, ids, times and status) to the sinks: the delivery pipeline
+journals it and returns; the usage event is built from it in the background
+(:func:`span_record_to_event`).
 """
 
 from __future__ import annotations
@@ -52,17 +54,18 @@ class MeteringSpanProcessor(SpanProcessor):
             context = span.context
             if context is None:
                 return
-            event = build_event(
-                attributes,
-                trace_id=context.trace_id,
-                span_id=context.span_id,
-                start_ns=span.start_time or 0,
-                end_ns=span.end_time or span.start_time or 0,
-                ok=span.status.is_ok,
-                unattributed_customer=self.unattributed,
-            )
+            # The span as it ended, compactly: the usage event is built from it off this thread.
+            record = {
+                "v": 1,
+                "a": dict(attributes),
+                "t": context.trace_id,
+                "s": context.span_id,
+                "b": span.start_time or 0,
+                "e": span.end_time or span.start_time or 0,
+                "ok": span.status.is_ok,
+            }
             for sink in self.sinks:
-                sink(event)
+                sink(record)
             if self._metrics_factory is not None:  # resolved at the first call: the app has
                 self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
             if self.metrics is not None:
@@ -80,5 +83,21 @@ class MeteringSpanProcessor(SpanProcessor):
     def shutdown(self) -> None:
         return None
 
+    def event_for(self, record: dict[str, Any]) -> dict[str, Any]:
+        return span_record_to_event(record, self.unattributed)
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def span_record_to_event(record: dict[str, Any], unattributed: str) -> dict[str, Any]:
+    """The usage event of a journaled span record."""
+    return build_event(
+        record["a"],
+        trace_id=int(record["t"]),
+        span_id=int(record["s"]),
+        start_ns=int(record["b"]),
+        end_ns=int(record["e"]),
+        ok=bool(record["ok"]),
+        unattributed_customer=unattributed,
+    )

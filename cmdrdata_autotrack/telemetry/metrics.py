@@ -16,7 +16,7 @@ _counters: Counter[str] = Counter()
 DESCRIPTIONS = {
     "calls_metered": "OpenAI calls whose metering span ended",
     "spans_metered": "metered spans seen by the metering span processor",
-    "calls_unattributed": "calls metered with no customer (warning)",
+    "calls_unattributed": "calls metered with no customer named",
     "customer_id_invalid": "calls whose customer id was rejected by validation",
     "usage_estimated": "calls whose usage was estimated (stream ended without usage)",
     "instrumentation_errors": "internal errors swallowed by the instrumentation",

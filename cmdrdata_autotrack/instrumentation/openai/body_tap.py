@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]:
     observer = call.observer
     assert observer is not None
+    feed = observer.feed
     call.reading = True  # a close() from inside the read (httpx does that) is not the end
     try:
         for chunk in source:
             call.reading = False
-            call.on_first_chunk()
-            out = observer.feed(chunk)
+            if call.first_chunk_at is None:
+                call.on_first_chunk()
+            out = feed(chunk)
             if out:
                 yield out
             call.reading = True
@@ -48,12 +50,14 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]
 async def _observe_async(source: AsyncIterator[bytes], call: MeteredCall) -> AsyncIterator[bytes]:
     observer = call.observer
     assert observer is not None
+    feed = observer.feed
     call.reading = True
     try:
         async for chunk in source:
             call.reading = False
-            call.on_first_chunk()
-            out = observer.feed(chunk)
+            if call.first_chunk_at is None:
+                call.on_first_chunk()
+            out = feed(chunk)
             if out:
                 yield out
             call.reading = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from typing import Any
 
 from ...usage.extract import Extractor, extract_stream_event, field
@@ -76,8 +77,21 @@ def is_usage_only_chunk(data: Any) -> bool:
 
 
 class SSEObserver:
+    """Watches a server-sent event stream at a couple of byte searches per chunk.
+
+    Per chunk it only keeps a bounded tail of the bytes; the first event is
+    parsed once (model, id); everything else (usage, finish reasons, content
+    deltas for estimates, how the stream ended) is read from the tail when the
+    stream ends. When hiding the injected usage chunk it also holds back the
+    incomplete last event of each chunk, so that event can be cut out whole.
+    """
+
     __slots__ = (
+        "_done",
+        "_head",
         "_reasons",
+        "_tail",
+        "_tail_bytes",
         "content_events",
         "error",
         "failed",
@@ -86,10 +100,10 @@ class SSEObserver:
         "hide_usage_chunk",
         "info",
         "pending",
-        "saw_event",
         "terminal",
         "usage",
     )
+    TAIL_LIMIT = 512 * 1024  # the usage event is at the end; a final Responses event fits
 
     def __init__(self, family: str, hide_usage_chunk: bool) -> None:
         self.family = family
@@ -98,65 +112,69 @@ class SSEObserver:
         self.usage: Usage | None = None
         self.info = ResponseInfo()
         self.content_events = 0
-        self.saw_event = False
         self.terminal = False
         self.error = False
         self.hidden = False
         self.failed = False  # an internal error turned the observer into a pass-through
+        self._head: bytes | None = b""  # None once the first event was read
+        self._tail: deque[bytes] = deque()
+        self._tail_bytes = 0
         self._reasons: list[str] = []
+        self._done = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Observe ``chunk``; return the bytes to hand on (``chunk`` itself unless hiding)."""
         if self.failed:
+            return chunk
+        if not self.hide_usage_chunk:
+            try:
+                self._scan(chunk)
+            except Exception:
+                self.failed = True
             return chunk
         buf = self.pending + chunk if self.pending else chunk
         try:
             cut = _last_boundary(buf)
             if cut < 0:
                 self.pending = buf
-                return b"" if self.hide_usage_chunk else chunk
+                return b""
             block, self.pending = buf[:cut], buf[cut:]
-            out = self._observe(block)
+            self._scan(block)
+            if b'"usage":{' in block or b'"usage": {' in block:
+                block = self._cut_usage_chunk(block)
         except Exception:
             # Never let observation change the stream: hand on everything held back.
             self.failed, self.pending = True, b""
-            return buf if self.hide_usage_chunk else chunk
-        return out if self.hide_usage_chunk else chunk
+            return buf
+        return block
 
-    def flush(self) -> bytes:
-        """The end of the body: hand on whatever was held back."""
-        rest, self.pending = self.pending, b""
-        if rest and not self.failed:
-            try:
-                self._observe(rest)
-            except Exception:
-                self.failed = True
-        return rest if self.hide_usage_chunk else b""
+    def _scan(self, data: bytes) -> None:
+        tail = self._tail
+        tail.append(data)
+        self._tail_bytes += len(data)
+        while self._tail_bytes > self.TAIL_LIMIT and len(tail) > 1:
+            old = tail.popleft()
+            self._tail_bytes -= len(old)
+            self.content_events += len(_DELTA.findall(old))
+        if self._head is not None:
+            head = self._head + data
+            cut = head.find(b"\n\n")
+            if cut < 0 and len(head) < 65536:
+                self._head = head
+                return
+            self._head = None
+            self._first_event(head[: cut if cut >= 0 else len(head)])
 
-    @property
-    def finish_reasons(self) -> list[str]:
-        return self.info.finish_reasons or self._reasons
+    def _first_event(self, raw: bytes) -> None:
+        first = event_data(raw)
+        if isinstance(first, dict):
+            _, info = extract_stream_event(self.family, first)
+            if not info.model and not info.id:
+                info = ResponseInfo(model=_str(field(first, "model")), id=_str(field(first, "id")))
+            self.info.merge(info)
 
-    def _observe(self, block: bytes) -> bytes:
-        if not self.saw_event:
-            self.saw_event = True
-            first = event_data(_SEPARATOR.split(block, 1)[0])
-            if isinstance(first, dict):
-                _, info = extract_stream_event(self.family, first)
-                if not info.model and not info.id:
-                    info = ResponseInfo(
-                        model=_str(field(first, "model")), id=_str(field(first, "id"))
-                    )
-                self.info.merge(info)
-        self.content_events += len(_DELTA.findall(block))
-        for match in _FINISH.finditer(block):
-            self._reasons.append(match.group(1).decode())
-        if any(t in block for t in _TERMINAL) or any(t in block for t in _TERMINAL_TYPES):
-            self.terminal = True
-        if _ERROR.search(block):
-            self.error = True
-        if _USAGE.search(block) is None:
-            return block
+    def _cut_usage_chunk(self, block: bytes) -> bytes:
+        """Take the injected usage-only chunk out of ``block`` (reading its usage)."""
         parts = _SEPARATOR.split(block)
         kept: list[bytes] = []
         skip_separator = False
@@ -166,22 +184,59 @@ class SSEObserver:
                     kept.append(part)
                 skip_separator = False
                 continue
-            if _USAGE.search(part) is not None:
+            if not self.hidden and _USAGE.search(part) is not None:
                 data = event_data(part)
-                if isinstance(data, dict):
-                    usage, info = extract_stream_event(self.family, data)
-                    if usage is not None:
-                        if self.usage is None:
-                            self.usage = usage
-                        else:
-                            self.usage.merge(usage)
-                    self.info.merge(info)
-                    if self.hide_usage_chunk and not self.hidden and is_usage_only_chunk(data):
-                        self.hidden = True
-                        skip_separator = True
-                        continue
+                if is_usage_only_chunk(data):
+                    self.hidden = True
+                    self._take_usage(data)
+                    skip_separator = True
+                    continue
             kept.append(part)
         return b"".join(kept)
+
+    def _take_usage(self, data: Any) -> None:
+        usage, info = extract_stream_event(self.family, data)
+        if usage is not None:
+            if self.usage is None:
+                self.usage = usage
+            else:
+                self.usage.merge(usage)
+        self.info.merge(info)
+
+    def flush(self) -> bytes:
+        """The end of the body: hand on whatever was held back, and read the tail."""
+        rest, self.pending = self.pending, b""
+        if not self.failed and not self._done:
+            self._done = True
+            try:
+                if rest:
+                    self._scan(rest)
+                self._read_tail()
+            except Exception:
+                self.failed = True
+        return rest if self.hide_usage_chunk else b""
+
+    def _read_tail(self) -> None:
+        data = b"".join(self._tail)
+        self._tail.clear()
+        self.content_events += len(_DELTA.findall(data))
+        if self._head:  # a stream too short to finish its first event
+            self._first_event(self._head)
+            self._head = None
+        self._reasons = [m.group(1).decode() for m in _FINISH.finditer(data)]
+        self.terminal = any(t in data for t in _TERMINAL) or any(t in data for t in _TERMINAL_TYPES)
+        self.error = _ERROR.search(data) is not None
+        if self.hidden or _USAGE.search(data) is None:
+            return
+        for part in _SEPARATOR.split(data)[::2]:
+            if _USAGE.search(part) is not None:
+                event = event_data(part)
+                if isinstance(event, dict):
+                    self._take_usage(event)
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return self.info.finish_reasons or self._reasons
 
 
 def _str(value: Any) -> str | None:
