@@ -16,13 +16,27 @@ import openai
 from . import agent
 
 
-def _start(
-    tracker_key: str | None, tracker_endpoint: str | None, tracker_timeout: float | None
-) -> None:
-    agent.ensure_started(api_key=tracker_key, endpoint=tracker_endpoint, timeout=tracker_timeout)
+class _Tracked:
+    """What both clients add: the tracker settings, and the cmdrdata-openai accessors."""
+
+    def _start_agent(
+        self,
+        tracker_key: str | None,
+        tracker_endpoint: str | None,
+        tracker_timeout: float | None,
+    ) -> None:
+        agent.ensure_started(
+            api_key=tracker_key, endpoint=tracker_endpoint, timeout=tracker_timeout
+        )
+
+    def get_openai_client(self) -> Any:
+        return self
+
+    def get_tracker(self) -> agent.Agent | None:
+        return agent.get()
 
 
-class TrackedOpenAI(openai.OpenAI):
+class TrackedOpenAI(_Tracked, openai.OpenAI):
     def __init__(
         self,
         api_key: str | None = None,
@@ -31,17 +45,11 @@ class TrackedOpenAI(openai.OpenAI):
         tracker_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        _start(tracker_key, tracker_endpoint, tracker_timeout)
+        self._start_agent(tracker_key, tracker_endpoint, tracker_timeout)
         super().__init__(api_key=api_key, **kwargs)
 
-    def get_openai_client(self) -> openai.OpenAI:
-        return self
 
-    def get_tracker(self) -> agent.Agent | None:
-        return agent.get()
-
-
-class AsyncTrackedOpenAI(openai.AsyncOpenAI):
+class AsyncTrackedOpenAI(_Tracked, openai.AsyncOpenAI):
     def __init__(
         self,
         api_key: str | None = None,
@@ -50,11 +58,5 @@ class AsyncTrackedOpenAI(openai.AsyncOpenAI):
         tracker_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        _start(tracker_key, tracker_endpoint, tracker_timeout)
+        self._start_agent(tracker_key, tracker_endpoint, tracker_timeout)
         super().__init__(api_key=api_key, **kwargs)
-
-    def get_openai_client(self) -> openai.AsyncOpenAI:
-        return self
-
-    def get_tracker(self) -> agent.Agent | None:
-        return agent.get()

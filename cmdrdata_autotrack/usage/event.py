@@ -22,6 +22,7 @@ from typing import Any
 from .._version import __version__
 from . import attributes as A
 from .extract import count, seconds
+from .model import UNIT_COUNTERS
 
 SCHEMA_VERSION = "1.0"
 # Event ids are derived from the span's identity: the same span always gives the same id.
@@ -29,19 +30,6 @@ EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
 MAX_STRING = 256
 MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE = 1024
-
-# Billable units beyond the common token counts: event field <- span attribute.
-_UNIT_COUNTS = (
-    ("input_audio_tokens", A.INPUT_AUDIO_TOKENS),
-    ("input_text_tokens", A.INPUT_TEXT_TOKENS),
-    ("input_image_tokens", A.INPUT_IMAGE_TOKENS),
-    ("output_audio_tokens", A.OUTPUT_AUDIO_TOKENS),
-    ("output_image_tokens", A.OUTPUT_IMAGE_TOKENS),
-    ("accepted_prediction_tokens", A.ACCEPTED_PREDICTION_TOKENS),
-    ("rejected_prediction_tokens", A.REJECTED_PREDICTION_TOKENS),
-    ("image_count", A.IMAGE_COUNT),
-    ("input_characters", A.INPUT_CHARACTERS),
-)
 
 
 def clean_text(value: Any, limit: int = MAX_STRING) -> str | None:
@@ -113,7 +101,7 @@ def build_event(
     error_type = clean_text(a.get(A.ERROR_TYPE), 128)
     status_code = count(a.get(A.HTTP_STATUS_CODE))
     units: dict[str, Any] = {}
-    for name, key in _UNIT_COUNTS:
+    for name, key in UNIT_COUNTERS:
         value = count(a.get(key))
         if value is not None:
             units[name] = value

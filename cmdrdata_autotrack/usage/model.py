@@ -6,13 +6,9 @@ from dataclasses import dataclass, field, fields
 
 from . import attributes as A
 
-# Billable counters and the span attribute each one is written to.
-_COUNTER_ATTRIBUTES: tuple[tuple[str, str], ...] = (
-    ("input_tokens", A.INPUT_TOKENS),
-    ("output_tokens", A.OUTPUT_TOKENS),
-    ("total_tokens", A.TOTAL_TOKENS),
-    ("cached_input_tokens", A.CACHE_READ_INPUT_TOKENS),
-    ("reasoning_tokens", A.REASONING_OUTPUT_TOKENS),
+# Billable units beyond the common token counts, and the span attribute of each
+# (the usage event's ``units`` use the same names).
+UNIT_COUNTERS: tuple[tuple[str, str], ...] = (
     ("input_audio_tokens", A.INPUT_AUDIO_TOKENS),
     ("input_text_tokens", A.INPUT_TEXT_TOKENS),
     ("input_image_tokens", A.INPUT_IMAGE_TOKENS),
@@ -22,6 +18,15 @@ _COUNTER_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("rejected_prediction_tokens", A.REJECTED_PREDICTION_TOKENS),
     ("image_count", A.IMAGE_COUNT),
     ("input_characters", A.INPUT_CHARACTERS),
+)
+# Every billable counter and the span attribute it is written to.
+_COUNTER_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("input_tokens", A.INPUT_TOKENS),
+    ("output_tokens", A.OUTPUT_TOKENS),
+    ("total_tokens", A.TOTAL_TOKENS),
+    ("cached_input_tokens", A.CACHE_READ_INPUT_TOKENS),
+    ("reasoning_tokens", A.REASONING_OUTPUT_TOKENS),
+    *UNIT_COUNTERS,
 )
 
 
