@@ -28,9 +28,15 @@ from ...usage.model import ResponseInfo, Usage
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,64})"')
 _DELTA = re.compile(rb'"(?:content|delta|text)"\s*:\s*"(?!")')
-_ERROR = re.compile(
-    rb'(?:^|\n)(?:event:\s*error|data:\s*\{\s*"error"\s*:\s*\{)|"type"\s*:\s*"error"'
+# An error event: OpenAI's {"error": {...}} data, an `event: error` line, or {"type": "error"}.
+_ERROR_MARKERS = (
+    b'"error":{',
+    b'"error": {',
+    b"event: error",
+    b'"type":"error"',
+    b'"type": "error"',
 )
+END_WINDOW = 16 * 1024
 _SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
 _USAGE_TEXT = re.compile(r'"usage"\s*:\s*\{')
 _HEAD_MODEL = re.compile(r'"model"\s*:\s*"([^"]{1,256})"')
@@ -46,6 +52,7 @@ _TERMINAL_TYPES = (
     b'"image_edit.completed"',
     b'"speech.audio.done"',
 )
+_TERMINAL_TYPE_NAMES = frozenset(t.strip(b'"').decode() for t in _TERMINAL_TYPES)
 
 
 def _last_boundary(buf: bytes) -> int:
@@ -134,11 +141,14 @@ class SSEObserver:
             return chunk
         buf = self.pending + chunk if self.pending else chunk
         try:
-            cut = _last_boundary(buf)
-            if cut < 0:
-                self.pending = buf
-                return b""
-            block, self.pending = buf[:cut], buf[cut:]
+            if buf.endswith(b"\n\n"):  # the usual case: a chunk of whole events
+                block, self.pending = buf, b""
+            else:
+                cut = _last_boundary(buf)
+                if cut < 0:
+                    self.pending = buf
+                    return b""
+                block, self.pending = buf[:cut], buf[cut:]
             self._scan(block)
             if b'"usage":{' in block or b'"usage": {' in block:
                 block = self._cut_usage_chunk(block)
@@ -217,22 +227,34 @@ class SSEObserver:
         return rest if self.hide_usage_chunk else b""
 
     def _read_tail(self) -> None:
+        """Read how the stream ended from its last bytes: a few searches, one JSON parse."""
         data = b"".join(self._tail)
         self._tail.clear()
-        self.content_events += len(_DELTA.findall(data))
         if self._head:  # a stream too short to finish its first event
             self._first_event(self._head)
             self._head = None
-        self._reasons = [m.group(1).decode() for m in _FINISH.finditer(data)]
-        self.terminal = any(t in data for t in _TERMINAL) or any(t in data for t in _TERMINAL_TYPES)
-        self.error = _ERROR.search(data) is not None
-        if self.hidden or _USAGE.search(data) is None:
-            return
-        for part in _SEPARATOR.split(data)[::2]:
-            if _USAGE.search(part) is not None:
-                event = event_data(part)
+        end = data[-END_WINDOW:]  # finish reasons, errors and the last event are at the end
+        self._reasons = [m.group(1).decode() for m in _FINISH.finditer(end)]
+        self.error = any(marker in end for marker in _ERROR_MARKERS)
+        stripped = data.rstrip()
+        last = stripped[stripped.rfind(b"\n\n") + 1 :]
+        self.terminal = any(t in last for t in _TERMINAL) or any(
+            t in last[:512] for t in _TERMINAL_TYPES
+        )
+        if not self.hidden:
+            at = max(data.rfind(b'"usage":{'), data.rfind(b'"usage": {'))
+            if at >= 0:
+                start = data.rfind(b"\n\n", 0, at)
+                stop = data.find(b"\n\n", at)
+                event = event_data(
+                    data[start + 2 if start >= 0 else 0 : stop if stop >= 0 else None]
+                )
                 if isinstance(event, dict):
                     self._take_usage(event)
+                    if event.get("type") in _TERMINAL_TYPE_NAMES:
+                        self.terminal = True
+        if self.usage is None or self.usage.output_tokens is None:
+            self.content_events += len(_DELTA.findall(data))  # only an estimate needs them
 
     @property
     def finish_reasons(self) -> list[str]:
