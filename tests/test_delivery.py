@@ -505,3 +505,12 @@ def test_empty_unattributed_sentinel_falls_back() -> None:
         ok=True,
     )
     assert e["finish_reasons"] == ["stop"]
+
+
+def test_spool_gives_space_back_after_delivery(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    for round_ in range(10):
+        spool.put([(f"{round_}-{i}", "x" * 1500, None) for i in range(200)], 10**9, "drop-newest")
+        spool.ack([e.event_id for e in spool.lease("owner", 1000, 10)])
+    spool.compact()
+    assert spool.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0

@@ -227,7 +227,7 @@ class Pipeline:
     def _send_loop(self) -> None:
         spool = Spool(self.spool_path)
         client = self.new_client()
-        pruned_at = 0.0
+        pruned_at = compacted_at = 0.0
         last_call = False
         try:
             spool.reclaim(owner_is_dead)
@@ -257,9 +257,13 @@ class Pipeline:
                 self._wake_send.wait(wait)
                 self._wake_send.clear()
                 spool.reclaim(owner_is_dead)
-                if time.time() - pruned_at > 3600:
+                now = time.time()
+                if now - pruned_at > 3600:  # idle: housekeeping
                     spool.prune_delivered()
-                    pruned_at = time.time()
+                    pruned_at = now
+                if now - compacted_at > 60:
+                    spool.compact()
+                    compacted_at = now
         finally:
             client.close()
             spool.close()

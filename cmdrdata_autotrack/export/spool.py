@@ -87,6 +87,10 @@ class Spool:
         self.conn: sqlite3.Connection = connect(path)
         self.conn.executescript(SCHEMA)
 
+    def compact(self) -> None:
+        """Return free pages to the file system (cheap; run when the queue is idle)."""
+        self.conn.executescript("PRAGMA incremental_vacuum;")  # runs it to the end
+
     def close(self) -> None:
         self.conn.close()
 

@@ -18,6 +18,9 @@ def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    # Before anything else touches a new file: delete-heavy queues give pages back to the
+    # file system (`PRAGMA incremental_vacuum`) instead of growing a free list.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     # WAL persists in the file: only the first connection switches it (switching needs a
     # lock that other connections' busy handlers do not wait for).
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
