@@ -10,16 +10,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .attribution.context import (
-    clear_customer,
-    customer_context,
-    get_customer,
-    reset_customer,
-    set_customer,
-)
 
 if TYPE_CHECKING:
+    from .attribution.context import (
+        clear_customer,
+        customer_context,
+        get_customer,
+        reset_customer,
+        set_customer,
+    )
     from .tracked_client import AsyncTrackedOpenAI, TrackedOpenAI
+
+    set_customer_context = set_customer
+    clear_customer_context = clear_customer
+    get_customer_context = get_customer
+
+# Loaded on first use, so that the launcher and the bootstrap import next to nothing.
+_LAZY = {
+    "customer_context": "attribution.context",
+    "set_customer": "attribution.context",
+    "reset_customer": "attribution.context",
+    "clear_customer": "attribution.context",
+    "get_customer": "attribution.context",
+    "TrackedOpenAI": "tracked_client",
+    "AsyncTrackedOpenAI": "tracked_client",
+}
+# The names of the cmdrdata-openai package, so code written for it keeps working.
+_ALIASES = {
+    "set_customer_context": "set_customer",
+    "clear_customer_context": "clear_customer",
+    "get_customer_context": "get_customer",
+}
 
 
 def instrument(**settings: Any) -> None:
@@ -57,17 +78,15 @@ def uninstrument() -> None:
     agent.uninstrument()
 
 
-# The names of the cmdrdata-openai package, so code written for it keeps working.
-set_customer_context = set_customer
-clear_customer_context = clear_customer
-get_customer_context = get_customer
-
-
 def __getattr__(name: str) -> Any:
-    if name in ("TrackedOpenAI", "AsyncTrackedOpenAI"):
-        from . import tracked_client
+    import importlib
 
-        return getattr(tracked_client, name)
+    target = _ALIASES.get(name, name)
+    if target in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[target]}")
+        value = getattr(module, target)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'cmdrdata_autotrack' has no attribute {name!r}")
 
 
