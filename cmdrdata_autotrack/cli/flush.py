@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from ..config import Settings
-from ..export.pipeline import Pipeline
+from ..export.pipeline import Pipeline, owner_is_dead
 from ..export.spool import Spool
 from ..paths import locations
 
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     client = pipeline.new_client()
     try:
         pipeline.import_journal(spool)
+        spool.reclaim(owner_is_dead)  # leases of processes that died while sending
+        spool.make_due()  # "now": skip any backoff the events were waiting out
         total = spool.stats().depth
         start_depth, deadline = total, time.monotonic() + args.timeout
         while time.monotonic() < deadline:
@@ -75,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
             stats = spool.stats()
             if not args.quiet:
                 progress(out, start_depth - stats.depth, total)
-            if not sent and stats.due == 0:
+            if sent:
+                continue
+            if stats.depth == 0:
                 break
+            due_in = spool.next_due_in()  # retries scheduled by this run, or leases held
+            if due_in is None or time.monotonic() + due_in >= deadline:
+                break
+            time.sleep(max(due_in, 0.01))
         stats = spool.stats()
     finally:
         client.close()
