@@ -150,8 +150,8 @@ def _alive(pid: int) -> bool:  # pragma: no cover - Windows
     return True
 
 
-def read_lines(fd: int) -> tuple[list[bytes], int]:
-    """All complete lines of a segment and its size (a torn last line is skipped)."""
+def read_lines(fd: int) -> list[bytes]:
+    """All complete lines of a segment (a torn last line is skipped)."""
     chunks = []
     while True:
         chunk = os.read(fd, 1 << 20)
@@ -160,4 +160,4 @@ def read_lines(fd: int) -> tuple[list[bytes], int]:
         chunks.append(chunk)
     data = b"".join(chunks)
     lines = data.split(b"\n")
-    return [line for line in lines[:-1] if line], len(data)
+    return [line for line in lines[:-1] if line]

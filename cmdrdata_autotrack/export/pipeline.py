@@ -182,7 +182,7 @@ class Pipeline:
         moved = 0
         for path, fd in self.journal.ready_segments():
             try:
-                lines, _ = read_lines(fd)
+                lines = read_lines(fd)
                 events: list[tuple[str, str, dict[str, Any] | None]] = []
                 for line in lines:
                     try:
@@ -504,9 +504,6 @@ class _LedgerStore:
     ) -> tuple[int, int]:
         rows = [(event, raw) for _, raw, event in events if event is not None]
         return ledger_db.record(self.conn, rows), 0
-
-    def stats(self) -> Any:
-        return None
 
     def close(self) -> None:
         self.conn.close()

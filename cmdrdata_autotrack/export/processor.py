@@ -83,9 +83,6 @@ class MeteringSpanProcessor(SpanProcessor):
     def shutdown(self) -> None:
         return None
 
-    def event_for(self, record: dict[str, Any]) -> dict[str, Any]:
-        return span_record_to_event(record, self.unattributed)
-
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
 

@@ -30,7 +30,6 @@ class MeteredCall:
         "_ended",
         "_lock",
         "_otel_token",
-        "capture_content",
         "current",
         "deferred",
         "endpoint",
@@ -54,14 +53,12 @@ class MeteredCall:
         kwargs: dict[str, Any],
         request_usage: Usage | None,
         hide_usage_chunk: bool,
-        capture_content: bool,
     ) -> None:
         self.span = span
         self.endpoint = endpoint
         self.kwargs = kwargs
         self.request_usage = request_usage
         self.hide_usage_chunk = hide_usage_chunk
-        self.capture_content = capture_content
         self.started = time.perf_counter()
         self.first_chunk_at: float | None = None
         self.http_response: Any = None

@@ -129,7 +129,6 @@ class Runtime:
             kwargs,
             R.request_usage(endpoint.family, kwargs),
             hide,
-            settings.capture_content,
         )
         call.current = not suppressed  # the other instrumentation's span stays the parent
         return call
