@@ -6,7 +6,6 @@ delivering to a real ingest server on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_launcher import app_env
 
 from fake_openai import FakeOpenAI
 from ingest_server import IngestServer
@@ -63,25 +63,18 @@ def ingest() -> Iterator[IngestServer]:
 
 @pytest.fixture
 def env(fake: FakeOpenAI, ingest: IngestServer, tmp_path: Path) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CMDRDATA_", "OTEL_", "PYTEST_")) and k != "PYTHONPATH"
-    }
-    base.update(
-        OPENAI_BASE_URL=fake.base_url,
-        OPENAI_API_KEY="sk-test",
-        PATH=f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+    # the launcher tests' app environment (spool under tmp_path), delivering to `ingest`
+    return app_env(
+        fake,
+        tmp_path,
         CMDRDATA_API_KEY=KEY,
         CMDRDATA_ENDPOINT=ingest.url,
-        CMDRDATA_SPOOL_DIR=str(tmp_path / "spool"),
         CMDRDATA_TIMEOUT="1",
         CMDRDATA_RETRY_BASE_DELAY="0.05",
         CMDRDATA_RETRY_MAX_DELAY="0.5",
         CMDRDATA_BREAKER_COOLDOWN="0.2",
         CMDRDATA_SHUTDOWN_TIMEOUT="5",
     )
-    return base
 
 
 @pytest.fixture
