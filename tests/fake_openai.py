@@ -61,6 +61,7 @@ __all__ = [
     "drop_connection",
     "iter_sse",
     "no_usage",
+    "raw",
     "reject_stream_options",
     "split_words",
     "sse_error",
@@ -218,6 +219,7 @@ FaultKind = Literal[
     "no_usage",
     "reject_stream_options",
     "sse_error",
+    "raw",
 ]
 
 
@@ -242,6 +244,8 @@ class Fault:
     headers: Mapping[str, str] | None = None
     seconds: float = 0.0
     after_chunks: int = 0
+    body_chunks: tuple[bytes, ...] = ()
+    content_type: str = "application/json"
 
     def matches(self, path: str) -> bool:
         return self.path is None or path.rstrip("/").endswith(self.path.rstrip("/"))
@@ -323,6 +327,32 @@ def sse_error(
     ``event: error`` / ``{"type": "error", ...}`` event, which the SDK yields.
     """
     return Fault("sse_error", path=path, times=times, message=message)
+
+
+def raw(
+    body: bytes | list[bytes] | tuple[bytes, ...],
+    *,
+    content_type: str = "application/json",
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+    path: str | None = None,
+    times: int | None = 1,
+) -> Fault:
+    """Answer with exactly these bytes (a hostile or malformed server).
+
+    A list is sent as that many HTTP chunks (chunked transfer encoding), each
+    flushed on its own, so a test controls where the client's reads split.
+    """
+    chunks = (body,) if isinstance(body, bytes) else tuple(body)
+    return Fault(
+        "raw",
+        path=path,
+        times=times,
+        status_code=status_code,
+        headers=dict(headers) if headers else None,
+        body_chunks=chunks,
+        content_type=content_type,
+    )
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
@@ -1595,6 +1625,9 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "drop_connection":
             self._abort()
             return
+        if fault is not None and kind == "raw":
+            self._send_raw(fault, request, started)
+            return
 
         reply: _Reply
         if fault is not None and kind == "status":
@@ -1668,6 +1701,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-ratelimit-reset-tokens", "5ms")
         for name, value in reply.headers.items():
             self.send_header(name, value)
+
+    def _send_raw(self, fault: Fault, request: RecordedRequest, started: float) -> None:
+        reply = _Reply(status=fault.status_code, headers=dict(fault.headers or {}))
+        try:
+            self._start(reply, request, started)
+            self.send_header("Content-Type", fault.content_type)
+            if len(fault.body_chunks) == 1:
+                self.send_header("Content-Length", str(len(fault.body_chunks[0])))
+                self.end_headers()
+                self.wfile.write(fault.body_chunks[0])
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for data in fault.body_chunks:
+                if data:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
 
     def _send(
         self, reply: _Reply, request: RecordedRequest, fault: Fault | None, started: float
