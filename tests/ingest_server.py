@@ -27,12 +27,15 @@ Typical use::
         assert server.accepted_ids() == {"e1", "e2", "e3"}
 
 Faults (:meth:`IngestServer.fail`, :meth:`~IngestServer.rate_limit`,
-:meth:`~IngestServer.slow`, :meth:`~IngestServer.reset_connection`) form one
+:meth:`~IngestServer.redirect`, :meth:`~IngestServer.slow`,
+:meth:`~IngestServer.reset_connection`) form one
 FIFO script: each request takes the fault at the head of the queue, which then
 applies to ``times`` requests in all (``None``: until :meth:`~IngestServer.clear`).
 They apply to whole HTTP requests, batches included, before routing and
 authentication.  :meth:`~IngestServer.reject_event` instead rejects one
-``event_id`` wherever it appears, every time.
+``event_id`` wherever it appears, every time.  Both can echo the request's
+headers in the error body (``echo_headers=True``), as careless servers do, to
+check that a client never stores or prints what comes back.
 
 Only the standard library is used.
 """
@@ -112,6 +115,7 @@ class _Fault:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    echo_headers: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ class IngestServer:
         self._accepted: dict[str, dict[str, Any]] = {}
         self._accepted_keys: dict[str, str] = {}
         self._duplicates = 0
-        self._rejections: dict[str, tuple[int, str]] = {}
+        self._rejections: dict[str, tuple[int, str, bool]] = {}
         self._rejected_ids: set[str] = set()
         self._faults: deque[_Fault] = deque()
         self._arrivals = 0
@@ -297,11 +301,35 @@ class IngestServer:
         times: int | None = 1,
         retry_after: str | None = None,
         body: dict[str, Any] | None = None,
+        echo_headers: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer ``status`` (with ``Retry-After`` if given) to the next ``times`` requests."""
-        headers = {} if retry_after is None else {"Retry-After": retry_after}
+        """Answer ``status`` (with ``Retry-After`` if given) to the next ``times`` requests.
+
+        ``headers`` are added to the answer; with ``echo_headers`` the body also
+        carries the request's headers (``"request_headers": {...}``).
+        """
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after
         payload = body if body is not None else {"error": "injected failure", "status": status}
-        self._enqueue(_Fault("status", _times(times), status=status, body=payload, headers=headers))
+        self._enqueue(
+            _Fault(
+                "status",
+                _times(times),
+                status=status,
+                body=payload,
+                headers=extra,
+                echo_headers=echo_headers,
+            )
+        )
+
+    def redirect(self, location: str, status: int = 307, times: int | None = 1) -> None:
+        """Answer ``status`` (a 3xx) with ``Location: location`` to the next ``times`` requests."""
+        if not 300 <= status < 400:
+            raise ValueError("a redirect status is 3xx")
+        body = {"error": "moved", "location": location}
+        self.fail(status, times, body=body, headers={"Location": location})
 
     def rate_limit(self, retry_after: str = "1", times: int | None = 1) -> None:
         """Answer 429 with ``Retry-After: retry_after`` to the next ``times`` requests."""
@@ -324,11 +352,18 @@ class IngestServer:
         self._enqueue(_Fault("reset", _times(times)))
 
     def reject_event(
-        self, event_id: str, status: int = 400, message: str = "invalid event"
+        self,
+        event_id: str,
+        status: int = 400,
+        message: str = "invalid event",
+        echo_headers: bool = False,
     ) -> None:
-        """Always reject ``event_id`` with ``status`` and ``message``, alone or in a batch."""
+        """Always reject ``event_id`` with ``status`` and ``message``, alone or in a batch.
+
+        With ``echo_headers`` the message ends with the request's headers, as JSON.
+        """
         with self._lock:
-            self._rejections[event_id] = (status, message)
+            self._rejections[event_id] = (status, message, echo_headers)
 
     def clear(self) -> None:
         """Remove the queued faults and the :meth:`reject_event` rules (keep what was recorded)."""
@@ -435,7 +470,7 @@ class IngestServer:
         event_id = event.get("event_id")
         if not isinstance(event_id, str) or not event_id:
             return _Reply(400, {"error": "event_id is required (a non-empty string)"})
-        status, error = self._deliver(event_id, event, incoming.idempotency_key)
+        status, error = self._deliver(event_id, event, incoming)
         if error is not None:
             return _Reply(status, {"error": error, "event_id": event_id})
         outcome = "accepted" if status == 201 else "duplicate"
@@ -458,7 +493,7 @@ class IngestServer:
                     }
                 )
                 continue
-            status, error = self._deliver(event_id, event, None)
+            status, error = self._deliver(event_id, event, incoming, batched=True)
             result: dict[str, Any] = {"event_id": event_id, "status": status}
             if error is not None:
                 result["error"] = error
@@ -466,13 +501,17 @@ class IngestServer:
         return _Reply(200, {"results": results})
 
     def _deliver(
-        self, event_id: str, event: dict[str, Any], key: str | None
+        self, event_id: str, event: dict[str, Any], incoming: _Incoming, batched: bool = False
     ) -> tuple[int, str | None]:
         """Accept, deduplicate or reject one event: (status, error message or None)."""
+        key = None if batched else incoming.idempotency_key
         rejection = self._rejections.get(event_id)
         if rejection is not None:
             self._rejected_ids.add(event_id)
-            return rejection
+            status, message, echo = rejection
+            if echo:
+                message = f"{message}; request headers: {_echo(incoming.headers)}"
+            return status, message
         if event_id in self._accepted or (key is not None and key in self._accepted_keys):
             self._duplicates += 1
             return 200, None
@@ -480,6 +519,12 @@ class IngestServer:
         if key is not None:
             self._accepted_keys[key] = event_id
         return 201, None
+
+
+def _echo(headers: dict[str, str]) -> str:
+    """The request's headers as JSON, sorted (``authorization`` comes early, as it does in
+    many servers' dumps)."""
+    return json.dumps(headers, sort_keys=True)
 
 
 def _times(times: int | None) -> int | None:
@@ -658,7 +703,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         if fault is not None and fault.kind == "status":
-            reply = _Reply(fault.status, fault.body, dict(fault.headers))
+            payload = fault.body
+            if fault.echo_headers:
+                payload = {
+                    **(payload or {}),
+                    "request_headers": json.loads(_echo(incoming.headers)),
+                }
+            reply = _Reply(fault.status, payload, dict(fault.headers))
             ingest._record(incoming, reply.status, kind)
             self._send(reply)
             return

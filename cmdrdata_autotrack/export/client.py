@@ -3,21 +3,28 @@
 Each answer is classified for the sender: delivered, retry later (408, 429, 5xx,
 connection errors and timeouts, honouring ``Retry-After``), refused for good
 (other 4xx: that event goes to the dead letters), or a set-up problem (401/403:
-the key is refused; 404/405: the endpoint is wrong): events stay spooled until
-it is fixed.
+the key is refused; 404/405: the endpoint is wrong; 3xx: the endpoint redirects,
+and redirects are never followed): events stay spooled until it is fixed.
+
+The tracker key goes only to the configured endpoints, over https or plain http
+to loopback, never through a redirect or (for plain http) a proxy. Whatever an
+answer carries back is redacted before it becomes a reason that is logged,
+stored in the spool or printed (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from .._version import __version__
+from ..telemetry.logging import redact, register_secret
 from .backoff import retry_after_seconds
 
 if TYPE_CHECKING:
@@ -27,6 +34,8 @@ Outcome = Literal["delivered", "retry", "refused", "unauthorized", "misconfigure
 RETRYABLE = frozenset({408, 425, 429})
 CONNECT_TIMEOUT = 3.05
 BATCH_NAMESPACE = uuid.UUID("6a0d1f3c-2b4e-4f7a-8c9d-0e1f2a3b4c5d")
+REASON_CHARS = 300  # of a response body kept in a reason (dead letters, logs)
+_REDACT_WINDOW = 8192  # redact this much before cutting, so no key is cut in half unmasked
 
 
 @dataclass(frozen=True)
@@ -37,28 +46,125 @@ class Result:
     reason: str = ""
 
 
-def endpoint_problem(url: str) -> str | None:
-    """Why ``url`` may not receive usage (HTTPS only, except on loopback), or ``None``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return f"endpoint {url!r} is not a URL"
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return None
-    if parts.scheme == "http":
-        return f"endpoint {url!r} must use https (plain http is allowed on loopback only)"
-    return f"endpoint {url!r} must be an https URL"
+# --- which URLs may receive the key -----------------------------------------------------------
+#
+# Two parsers read the endpoint: this check (urllib.parse) and the HTTP client (urllib3,
+# through requests). Where they can disagree (userinfo, backslashes, whitespace, non-ASCII,
+# odd IP spellings) the URL is refused, so the host checked is the host connected to. The
+# grammar below is a strict subset of RFC 3986 that both read alike; DeliveryClient checks
+# again with the client's own parser before it sends anything.
+
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+_AUTHORITY = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+_PATH = re.compile(r"(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*)*")
+_LOOPBACK = "written localhost, 127.x.x.x in full or [::1])"
+
+
+ENDPOINT = "endpoint"
+BATCH_ENDPOINT = "batch endpoint (CMDRDATA_BATCH_ENDPOINT)"
+
+
+def endpoint_problem(url: str, name: str = ENDPOINT) -> str | None:
+    """Why ``url`` may not receive the tracker key (https only, plain http to loopback only;
+    one unambiguous host), or ``None``. ``name`` says which setting it is, in the message."""
+    shown = f"{name} {_shown(url)}"
+    if not url:
+        return f"{name} is empty"
+    if not url.isascii() or any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
+        return (
+            f"{shown} has a space, a control character, a backslash or a non-ASCII character "
+            "(write an international host name in its xn-- form)"
+        )
+    match = _URL.fullmatch(url)
+    if match is None:
+        return f"{shown} is not a URL (expected https://host/path)"
+    scheme, authority, rest = match["scheme"].lower(), match["authority"], match["rest"]
+    if scheme not in ("http", "https"):
+        return f"{shown} must be an https URL"
+    if "@" in authority:
+        return f"{shown} must not hold credentials (user:password@): the key is sent in a header"
+    parts = _AUTHORITY.fullmatch(authority)
+    if parts is None or not _valid_host(parts["host"]):
+        return f"{shown} has no valid host[:port]"
+    if parts["port"] is not None and not 0 < int(parts["port"]) < 65536:
+        return f"{shown} has a port outside 1-65535"
+    if "?" in rest or "#" in rest:
+        return f"{shown} must not have a query or a fragment"
+    if not _PATH.fullmatch(rest):
+        return f"{shown} has characters in its path that must be percent-encoded"
+    if scheme == "http" and not _is_loopback(parts["host"]):
+        host = parts["host"].lower()
+        if host.startswith("localhost") or host[:1].isdigit():  # a loopback in disguise?
+            return f"{shown} must use https (plain http is allowed on loopback only, {_LOOPBACK}"
+        return f"{shown} must use https (plain http is allowed on loopback only)"
+    return None
+
+
+def batch_url(endpoint: str, batch_endpoint: str | None) -> str:
+    """The batch endpoint that will be used: the one configured, or the endpoint + ``/batch``."""
+    return batch_endpoint or endpoint.rstrip("/") + "/batch"
+
+
+def endpoints_problem(endpoint: str, batch_endpoint: str | None) -> str | None:
+    """:func:`endpoint_problem` for both URLs the key is sent to, or ``None``."""
+    return endpoint_problem(endpoint) or (
+        endpoint_problem(batch_endpoint, BATCH_ENDPOINT) if batch_endpoint else None
+    )
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    labels = host.split(".")
+    return len(host) <= 253 and all(_HOST_NAME.fullmatch(label) for label in labels)
 
 
 def _is_loopback(host: str) -> bool:
+    host = host.lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        # canonical spellings only: 127.1 or 0x7f.0.0.1 mean loopback to some resolvers only
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_USERINFO = re.compile(r"(?<=://)[^/?#]*@")
+
+
+def _shown(url: object, limit: int = 120) -> str:
+    """``url`` fit for a message: credentials masked, escaped, redacted, not too long."""
+    text = _USERINFO.sub("***@", str(url))
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return redact(repr(text))
+
+
+def _client_problem(url: str, name: str) -> str | None:
+    """The check again, with the parser ``requests`` and urllib3 connect with (imported here,
+    on the sender thread: never on the app's start-up path)."""
+    import requests
+    from urllib3.util import parse_url
+
+    try:
+        prepared = requests.Request("POST", url).prepare().url or ""
+        theirs = parse_url(prepared)
+        ours = urlsplit(url)
+        ours_port = ours.port
+    except (ValueError, requests.RequestException):
+        return f"{name} {_shown(url)} is not a URL the HTTP client accepts"
+    if theirs.auth is not None or (
+        (theirs.scheme or "").lower(),
+        (theirs.host or "").strip("[]").lower(),
+        theirs.port,
+    ) != (ours.scheme.lower(), ours.hostname or "", ours_port):
+        return f"{name} {_shown(url)} names another host to the HTTP client; key not sent"
+    return None
 
 
 def key_problem(key: str) -> str | None:
@@ -74,7 +180,11 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def classify(status: int, retry_after: str | None, body: str) -> Result:
+def classify(
+    status: int, retry_after: str | None, body: str, location: str | None = None, url: str = ""
+) -> Result:
+    """What an answer means for its events. ``body`` may echo anything the server saw,
+    the key included: only a redacted, printable extract of it is kept in the reason."""
     if 200 <= status < 300:
         return Result("delivered", status)
     if status in RETRYABLE or status >= 500:
@@ -83,27 +193,70 @@ def classify(status: int, retry_after: str | None, body: str) -> Result:
         return Result("unauthorized", status, None, f"HTTP {status}: the tracker key was refused")
     if status in (404, 405):
         return Result("misconfigured", status, None, f"HTTP {status}: is CMDRDATA_ENDPOINT right?")
-    return Result("refused", status, None, f"HTTP {status}: {body[:300]}")
+    if 300 <= status < 400:
+        return Result(
+            "misconfigured",
+            status,
+            None,
+            f"HTTP {status}: the events API redirects to {_where(location, url)}; redirects are "
+            "not followed (set CMDRDATA_ENDPOINT, or CMDRDATA_BATCH_ENDPOINT, to the final URL)",
+        )
+    return Result("refused", status, None, f"HTTP {status}: {safe_extract(body)}")
+
+
+def safe_extract(text: str, limit: int = REASON_CHARS) -> str:
+    """The start of ``text`` with secrets masked and control characters spaced out."""
+    clean = redact(text[:_REDACT_WINDOW])
+    clean = "".join(c if c.isprintable() else " " for c in clean)
+    return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+def _where(location: str | None, base: str) -> str:
+    """The scheme, host and port a redirect points to: no credentials, path or query."""
+    if not location:
+        return "an unnamed location"
+    try:
+        parts = urlsplit(urljoin(base, location.strip()))
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "an invalid location"
+    if ":" in host:
+        host = f"[{host}]"
+    return safe_extract(f"{parts.scheme}://{host}{port}", 120)
 
 
 class DeliveryClient:
+    """Posts events with the tracker key, to the two configured URLs only, never redirected."""
+
     def __init__(
         self, endpoint: str, batch_endpoint: str | None, api_key: str, timeout: float
     ) -> None:
         import requests  # here, on the sender thread: never on the app's start-up path
         from requests.adapters import HTTPAdapter
 
+        register_secret(api_key)  # whatever echoes it back, logs and reasons mask it
         self._requests = requests
         self.endpoint = endpoint
-        self.batch_endpoint = batch_endpoint or endpoint.rstrip("/") + "/batch"
+        self.batch_endpoint = batch_url(endpoint, batch_endpoint)
+        # refuse to send to a URL that fails the check, whoever built this client
+        self._problems = {
+            url: endpoint_problem(url, name) or _client_problem(url, name)
+            for url, name in (
+                (self.endpoint, ENDPOINT),
+                (self.batch_endpoint, BATCH_ENDPOINT),
+            )
+        }
         self.timeout = (CONNECT_TIMEOUT, timeout)
-        self.session = requests.Session()
+        self.session = _unredirectable_session()
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        # the key as the session's auth, not a default header: requests then never
+        # replaces it with ~/.netrc credentials (which would go to the events host)
+        self.session.auth = _BearerAuth(api_key)
         self.session.headers.update(
             {
-                "Authorization": f"Bearer {api_key}",
                 "Content-Type": "application/json",
                 "User-Agent": f"cmdrdata-autotrack/{__version__}",
             }
@@ -113,21 +266,42 @@ class DeliveryClient:
         self.session.close()
 
     def _post(self, url: str, body: str, key: str) -> requests.Response | Result:
+        problem = self._problems.get(url)
+        if problem:
+            return Result("misconfigured", None, None, problem)
         requests = self._requests
+        # plain http goes to loopback only, so never through an HTTP(S)_PROXY / ALL_PROXY,
+        # which would read the key in clear; https may use a proxy: it only tunnels TLS
+        proxies = {"http": None, "all": None} if url[:5].lower() == "http:" else None
         try:
             return self.session.post(
-                url, data=body.encode(), headers={"Idempotency-Key": key}, timeout=self.timeout
+                url,
+                data=body.encode(),
+                headers={"Idempotency-Key": key},
+                timeout=self.timeout,
+                allow_redirects=False,  # a 3xx is classified, never followed
+                proxies=proxies,  # type: ignore[arg-type]  # None removes a proxy
             )
         except requests.Timeout:
             return Result("retry", None, None, "timed out")
         except requests.RequestException as exc:
+            # the type only: an exception's text can carry URLs and headers
             return Result("retry", None, None, f"connection failed: {type(exc).__name__}")
+
+    def _classify(self, response: requests.Response, url: str) -> Result:
+        return classify(
+            response.status_code,
+            response.headers.get("Retry-After"),
+            response.text,
+            response.headers.get("Location"),
+            url,
+        )
 
     def send_one(self, event_id: str, body: str) -> Result:
         response = self._post(self.endpoint, body, event_id)
         if isinstance(response, Result):
             return response
-        return classify(response.status_code, response.headers.get("Retry-After"), response.text)
+        return self._classify(response, self.endpoint)
 
     def send_batch(self, events: Sequence[tuple[str, str]]) -> tuple[Result, dict[str, Result]]:
         """Post several events; returns the request's result and per-event results if given."""
@@ -137,7 +311,7 @@ class DeliveryClient:
         response = self._post(self.batch_endpoint, body, key)
         if isinstance(response, Result):
             return response, {}
-        overall = classify(response.status_code, response.headers.get("Retry-After"), response.text)
+        overall = self._classify(response, self.batch_endpoint)
         per_event: dict[str, Result] = {}
         if overall.outcome == "delivered":
             try:
@@ -153,3 +327,29 @@ class DeliveryClient:
                             status, None, str(item.get("error", ""))
                         )
         return overall, per_event
+
+
+def _unredirectable_session() -> requests.Session:
+    """A session that sees no redirect target in any answer, so it cannot follow one even
+    if asked to (``max_redirects = 0`` would instead fail every 3xx with TooManyRedirects)."""
+    import requests
+
+    class UnredirectableSession(requests.Session):
+        def get_redirect_target(self, resp: requests.Response) -> None:
+            return None
+
+    return UnredirectableSession()
+
+
+class _BearerAuth:
+    """Sets ``Authorization: Bearer <key>`` on each request (a requests auth callable)."""
+
+    def __init__(self, key: str) -> None:
+        self._header = f"Bearer {key}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(<redacted>)"

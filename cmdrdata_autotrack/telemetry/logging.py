@@ -1,8 +1,11 @@
 """The agent's logger: one namespace, rate-limited warnings, secrets never printed.
 
 Every logger of the agent is a child of ``cmdrdata_autotrack``. A redacting
-filter on that logger's handler masks anything that looks like a key or an
-``Authorization`` header, whatever the level.
+filter on that logger's handler masks anything that looks like a key, an
+``Authorization`` header or a URL's credentials, whatever the level, and the
+exact secrets the agent holds (:func:`register_secret`) in any escaped spelling.
+:func:`redact` is also what reasons stored in the spool and printed by the
+commands go through.
 """
 
 from __future__ import annotations
@@ -18,20 +21,61 @@ from typing import Any
 ROOT = "cmdrdata_autotrack"
 logger = logging.getLogger(ROOT)
 
+MASK = "[REDACTED]"
+# a quote, maybe escaped once or more (JSON inside JSON): \" or \\"
+_QUOTE = r"(?:\\*[\"'])?"
+# a secret value (or one already masked) ends at whitespace, a quote, a separator or a
+# backslash (an escaped quote)
+_VALUE = r"(?:\[REDACTED\]|[^\s\"',;}\]\\]+)"
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+"),
-    re.compile(r"\b(sk|tk|rk)-[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+    # Authorization / Proxy-Authorization: [scheme] value, as a header, JSON or a repr
+    re.compile(
+        rf"(?i)(authorization{_QUOTE}\s*[:=]\s*{_QUOTE})(?:[a-z][a-z0-9._~+/-]*\s+)?{_VALUE}"
+    ),
+    re.compile(rf"(?i)\b(bearer\s+){_VALUE}"),
+    re.compile(rf"(?i)(api[_-]?key{_QUOTE}\s*[:=]\s*{_QUOTE}){_VALUE}"),
+    # credentials in a URL: scheme://user:password@host
+    re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']*@"),
+    # key-shaped words: tk-… (cmdrdata), sk-… / rk-… (OpenAI)
+    re.compile(r"\b()(?:sk|tk|rk)-[A-Za-z0-9_-]{6,}"),
 )
+_MIN_SECRET = 6  # shorter values would mask ordinary words
+_MAX_SECRETS = 32
+_secrets: dict[str, re.Pattern[str]] = {}
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this exact value wherever :func:`redact` runs, also JSON- or URL-escaped.
+
+    Values shorter than six characters are not registered (they would mask ordinary text).
+    """
+    if not value or len(value) < _MIN_SECRET:
+        return
+    with _secrets_lock:
+        if value not in _secrets and len(_secrets) < _MAX_SECRETS:
+            _secrets[value] = _literal_pattern(value)
+
+
+def _literal_pattern(value: str) -> re.Pattern[str]:
+    """Each character as itself, backslash-escaped, ``\\uXXXX`` or ``%XX``."""
+    spellings = []
+    for char in value:
+        options = [r"\\*" + re.escape(char), rf"\\+u(?i:{ord(char):04x})"]
+        if ord(char) < 128:
+            options.append(f"%(?i:{ord(char):02x})")
+        spellings.append("(?:" + "|".join(options) + ")")
+    return re.compile("".join(spellings))
 
 
 def redact(text: str) -> str:
-    """Mask keys and authorization values in ``text``."""
+    """Mask keys, authorization values, URL credentials and registered secrets in ``text``."""
+    with _secrets_lock:
+        literals = list(_secrets.values())
+    for literal in literals:
+        text = literal.sub(MASK, text)
     for pattern in _SECRET_PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + "[REDACTED]", text)
-        else:
-            text = pattern.sub("[REDACTED]", text)
+        text = pattern.sub(lambda m: m.group(1) + MASK, text)
     return text
 
 
