@@ -1,7 +1,8 @@
 """Run a function right after a module is first imported, without importing anything heavy.
 
 The bootstrap uses it to wait for ``openai``: until the app imports the SDK, the
-agent costs nothing but this finder on ``sys.meta_path``. (wrapt has post-import
+agent costs nothing but this finder on ``sys.meta_path`` (and, when
+``CMDRDATA_METRICS_PORT`` is set, the health server's socket and thread). (wrapt has post-import
 hooks too; the agent uses them once ``openai`` is there, but wrapt itself is not
 imported at start-up.)
 """

@@ -1,6 +1,7 @@
 """Bootstrap of ``cmdrdata-run``: Python imports this at start-up because the launcher puts
 this folder first on ``PYTHONPATH``. It starts the agent (patching happens later, when the
-app imports ``openai``), then runs the app's own ``sitecustomize``, if there is one."""
+app imports ``openai``; the health server, when ``CMDRDATA_METRICS_PORT`` is set, opens
+now), then runs the app's own ``sitecustomize``, if there is one."""
 
 
 def _start_agent() -> None:
