@@ -3,14 +3,24 @@
 Every setting has an environment variable, an optional ``cmdrdata-run`` option,
 a type and a default. The launcher builds its options from :data:`SETTINGS`, and
 the configuration reference in ``docs/`` is generated from it, so the three can
-never drift apart. Values are parsed leniently: a malformed value logs one
-warning and falls back to the default (configuration must never crash the app).
+never drift apart. Numbers have a range, part of the table too.
+
+Values are parsed leniently and strictly at once: an empty value means unset (the
+default), and a malformed or out-of-range one logs one warning naming the
+variable and falls back to the default (configuration must never crash the app,
+nor hand a consumer a NaN, an infinity or a port that does not exist).
+:class:`Settings` checks its fields on construction, so every way of making one
+(the environment, ``instrument()`` keywords, ``TrackedOpenAI``, ``replace``)
+yields valid values.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -34,6 +44,19 @@ class Setting:
     option: str | None = None  # cmdrdata-run option, e.g. "--customer-id"
     choices: tuple[str, ...] = ()
     secret: bool = False  # masked wherever it is shown
+    minimum: float | None = None  # numbers: the accepted range, bounds included
+    maximum: float | None = None
+
+    def expects(self) -> str:
+        """What a valid value looks like, for warnings and the reference table."""
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + "/".join(self.choices)
+        if self.kind in ("int", "float"):
+            what = "a whole number" if self.kind == "int" else "a number"
+            return f"{what} from {_number_text(self.minimum)} to {_number_text(self.maximum)}"
+        return "text"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -70,6 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
         "5.0",
         "Seconds a delivery request may take before it is retried.",
         option="--timeout",
+        minimum=0.01,
+        maximum=600,
     ),
     Setting(
         "batch_size",
@@ -79,6 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Events per delivery request. 1 (the default) posts each event to the events API; "
         "more posts batches to the batch endpoint.",
         option="--batch-size",
+        minimum=1,
+        maximum=1000,
     ),
     Setting(
         "batch_endpoint",
@@ -102,6 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "256",
         "Most the spool may hold, in MB; past it the overflow policy applies.",
+        minimum=0.01,
+        maximum=1048576,
     ),
     Setting(
         "spool_overflow",
@@ -128,6 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
         "5",
         "Seconds the agent may spend delivering at exit or on SIGTERM; what is left "
         "stays in the spool for the next process.",
+        minimum=0,
+        maximum=3600,
     ),
     Setting(
         "retry_base_delay",
@@ -135,6 +166,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "0.5",
         "First retry delay in seconds (exponential backoff with full jitter).",
+        minimum=0.01,
+        maximum=3600,
     ),
     Setting(
         "retry_max_delay",
@@ -142,6 +175,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "60",
         "Longest delay between two attempts at one event, in seconds.",
+        minimum=0.01,
+        maximum=86400,
     ),
     Setting(
         "breaker_threshold",
@@ -149,6 +184,8 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         "5",
         "Consecutive failed deliveries that open the circuit breaker.",
+        minimum=1,
+        maximum=1000,
     ),
     Setting(
         "breaker_cooldown",
@@ -156,6 +193,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "30",
         "Seconds the open breaker waits before one probe (doubling up to 10 minutes).",
+        minimum=0.01,
+        maximum=600,
     ),
     Setting(
         "metrics_port",
@@ -165,6 +204,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this port. "
         "Off when unset.",
         option="--metrics-port",
+        minimum=1,
+        maximum=65535,
     ),
     Setting(
         "metrics_host",
@@ -248,53 +289,118 @@ SETTINGS: tuple[Setting, ...] = (
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# Plain decimal notation only: no nan/inf, hex, underscores, units or non-ASCII digits.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 64  # longer is not a setting (and int() of huge digit strings is slow)
 
 
-def parse_bool(raw: str, setting: Setting) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value not in _FALSE:
-        logger.warning(
-            "%s=%r is not a boolean (use true/false); using %s", setting.env, raw, setting.default
-        )
-        return (setting.default or "false") in _TRUE
-    return False
+class InvalidValue(ValueError):
+    """A value its setting cannot take."""
 
 
-def _parse(setting: Setting, raw: str | None) -> object:
-    if raw is None:
-        raw = setting.default
-    if raw is None:
-        return None
-    if setting.kind == "bool":
-        return parse_bool(raw, setting)
-    if setting.kind in ("float", "int"):
+def _number_text(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _number(setting: Setting, value: object) -> float | int:
+    """``value`` as the setting's number, within its range, or :class:`InvalidValue`."""
+    number: float | int
+    if isinstance(value, str):
+        text = value.strip()
+        pattern = _INT_TEXT if setting.kind == "int" else _FLOAT_TEXT
+        if len(text) > _MAX_NUMBER_TEXT or not pattern.fullmatch(text):
+            raise InvalidValue
+        number = int(text) if setting.kind == "int" else float(text)
+    elif isinstance(value, bool):  # True is an int to Python, not a count of seconds
+        raise InvalidValue
+    elif setting.kind == "int":
+        if not isinstance(value, numbers.Integral):  # never a silently truncated float
+            raise InvalidValue
+        number = int(value)
+    elif isinstance(value, numbers.Real):
         try:
-            number = float(raw) if setting.kind == "float" else int(raw)
-        except ValueError:
-            number = None
-        if number is None or number < 0:
-            logger.warning(
-                "%s=%r is not a non-negative number; using %s", setting.env, raw, setting.default
-            )
-            return _parse(setting, setting.default)
-        return number
+            number = float(value)
+        except (OverflowError, ValueError):
+            raise InvalidValue from None
+    else:
+        raise InvalidValue
+    low = -math.inf if setting.minimum is None else setting.minimum
+    high = math.inf if setting.maximum is None else setting.maximum
+    # int/float comparisons are exact in Python; NaN fails both, so it is refused too
+    if not low <= number <= high:
+        raise InvalidValue
+    return number if setting.kind == "int" else float(number) + 0.0  # -0.0 -> 0.0
+
+
+def parse_value(setting: Setting, value: object) -> object:
+    """The typed value of ``value``; ``None`` when it is unset (``None`` or blank).
+
+    Raises :class:`InvalidValue` (or whatever ``str(value)`` raises): callers fall back."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if setting.kind in ("int", "float"):
+        return _number(setting, value)
+    if setting.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise InvalidValue
     if setting.kind == "choice":
-        value = raw.strip().lower()
-        if value not in setting.choices:
-            logger.warning(
-                "%s=%r is not one of %s; using %s",
-                setting.env,
-                raw,
-                "/".join(setting.choices),
-                setting.default,
-            )
-            return setting.default
-        return value
-    stripped = raw.strip()
-    return stripped or None
+        text = str(value).strip().lower()
+        if text not in setting.choices:
+            raise InvalidValue
+        return text
+    return str(value).strip() or None
+
+
+def _default(setting: Setting) -> object:
+    # the defaults are valid (tests/test_settings.py checks each one)
+    return None if setting.default is None else parse_value(setting, setting.default)
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _warn(setting: Setting, value: object, keyword: bool) -> None:
+    if keyword:
+        given, outcome = f"{setting.name}={_shown(value)} ({setting.env})", "keyword ignored"
+    elif setting.default is None:
+        given, outcome = f"{setting.env}={_shown(value)}", "leaving it unset"
+    else:
+        given, outcome = f"{setting.env}={_shown(value)}", f"using the default {setting.default}"
+    logger.warning("cmdrdata: %s is not %s; %s", given, setting.expects(), outcome)
+
+
+def resolve(setting: Setting, value: object) -> object:
+    """``value`` parsed and checked. Unset gives the default, and so does an invalid
+    value, with one warning naming the variable. Never raises."""
+    try:
+        parsed = parse_value(setting, value)
+    except Exception:  # InvalidValue, or an object whose str() fails
+        _warn(setting, value, keyword=False)
+        return _default(setting)
+    return _default(setting) if parsed is None else parsed
+
+
+def _keyword(setting: Setting, value: object) -> object:
+    """A keyword override parsed and checked; ``None`` when unset or invalid (one warning),
+    so that the environment value applies."""
+    try:
+        return parse_value(setting, value)
+    except Exception:
+        _warn(setting, value, keyword=True)
+        return None
 
 
 @dataclass(frozen=True)
@@ -327,16 +433,26 @@ class Settings:
     log_level: str = "warning"
     log_format: str = "text"
 
+    def __post_init__(self) -> None:
+        # Whoever built these settings (from_env, a test, dataclasses.replace with a
+        # TrackedOpenAI keyword), consumers get finite, in-range, typed values.
+        for item in SETTINGS:
+            value = _keyword(item, getattr(self, item.name))
+            object.__setattr__(self, item.name, _default(item) if value is None else value)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
-        """Read every setting from ``environ``; keyword arguments win over it."""
+        """Read every setting from ``environ``; keyword arguments win over it.
+
+        A keyword that is ``None``, blank or invalid (one warning) leaves the
+        environment value in place. Unknown keywords are ignored."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for setting in SETTINGS:
-            if overrides.get(setting.name) is not None:
-                values[setting.name] = overrides[setting.name]
-            else:
-                values[setting.name] = _parse(setting, env.get(setting.env))
+            value = _keyword(setting, overrides.get(setting.name))
+            if value is None:
+                value = resolve(setting, env.get(setting.env))
+            values[setting.name] = value
         return cls(**values)  # type: ignore[arg-type]
 
     def masked(self) -> dict[str, object]:
@@ -349,16 +465,18 @@ class Settings:
 
 
 def known_overrides(values: Mapping[str, object]) -> dict[str, object]:
-    """Keep the overrides that name a setting, parsed like its variable; warn about the rest."""
+    """The keyword overrides that name a setting, parsed and checked like its variable.
+
+    Unknown names and invalid values are left out, with one warning each, and so are
+    ``None`` and blank values: the environment value then applies."""
     out: dict[str, object] = {}
     for name, value in values.items():
         if name not in _BY_NAME:
             logger.warning("cmdrdata: unknown setting %r ignored", name)
             continue
-        if value is None:
-            continue
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        out[name] = _parse(_BY_NAME[name], text)
+        parsed = _keyword(_BY_NAME[name], value)
+        if parsed is not None:
+            out[name] = parsed
     return out
 
 
@@ -381,7 +499,12 @@ def reference_markdown() -> str:
     for item in SETTINGS:
         option = f"`{item.option}`" if item.option else "-"
         default = f"`{item.default}`" if item.default is not None else "unset"
-        kind = "one of " + ", ".join(f"`{c}`" for c in item.choices) if item.choices else item.kind
+        if item.choices:
+            kind = "one of " + ", ".join(f"`{c}`" for c in item.choices)
+        elif item.kind in ("int", "float"):
+            kind = f"{item.kind}, {_number_text(item.minimum)} to {_number_text(item.maximum)}"
+        else:
+            kind = item.kind
         rows.append(
             f"| `{item.env}` | {option} | `{item.name}` | {kind} | {default} | {item.help} |"
         )

@@ -13,11 +13,11 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .._version import __version__
-from ..config import SETTINGS
+from ..config import SETTINGS, Setting, parse_value
 
 BOOTSTRAP_DIR = str(Path(__file__).resolve().parent.parent / "_sitecustomize")
 PROG = "cmdrdata-run"
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         if setting.option is None:
             continue
-        help_text = f"{setting.help} [{setting.env}]"
+        limits = f" ({setting.expects()})" if setting.kind in ("int", "float") else ""
+        help_text = f"{setting.help}{limits} [{setting.env}]"
         if setting.kind == "bool":
             parser.add_argument(setting.option, action="store_true", default=None, help=help_text)
         else:
@@ -52,10 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
                 setting.option,
                 metavar=setting.name.upper(),
                 choices=setting.choices or None,
+                type=checked(setting),
                 help=help_text,
             )
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def checked(setting: Setting) -> Callable[[str], str]:
+    """An option type that refuses what the variable would refuse (exit status 2, at once,
+    instead of a warning in the app); the text itself is passed on unchanged."""
+
+    def check(text: str) -> str:
+        try:
+            parse_value(setting, text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {setting.expects()}") from None
+        return text
+
+    check.__name__ = setting.name  # argparse names the type in some messages
+    return check
 
 
 def child_environment(options: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
