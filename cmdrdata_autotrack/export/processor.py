@@ -4,7 +4,8 @@
 never blocks and never raises. It hands a compact record of the span (its
 attributes, ids, times and status) to the sinks: the delivery pipeline
 journals it and returns; the usage event is built from it in the background
-(:func:`span_record_to_event`).
+(:func:`span_record_to_event`). The record holds only JSON values, so its journal
+line can always be written, and the event built from it never fails for odd values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..telemetry.otel_metrics import AgentMetrics
 from ..usage.attributes import (
     INSTRUMENTATION_SCOPE,
     METERED_MARK,
+    METERING_DEGRADED,
     RESPONSE_TIME_TO_FIRST_CHUNK,
 )
 from ..usage.event import build_event
@@ -57,7 +59,7 @@ class MeteringSpanProcessor(SpanProcessor):
             # The span as it ended, compactly: the usage event is built from it off this thread.
             record = {
                 "v": 1,
-                "a": dict(attributes),
+                "a": json_attributes(attributes),
                 "t": context.trace_id,
                 "s": context.span_id,
                 "b": span.start_time or 0,
@@ -65,7 +67,11 @@ class MeteringSpanProcessor(SpanProcessor):
                 "ok": span.status.is_ok,
             }
             for sink in self.sinks:
-                sink(record)
+                try:
+                    sink(record)
+                except Exception:  # one sink's failure must not cost the others the event
+                    metrics.increment("instrumentation_errors")
+                    error_once("processor-sink", "cmdrdata: a usage event sink failed")
             if self._metrics_factory is not None:  # resolved at the first call: the app has
                 self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
             if self.metrics is not None:
@@ -87,14 +93,77 @@ class MeteringSpanProcessor(SpanProcessor):
         return True
 
 
+_SCALARS = (str, bool, int, float)
+
+
+def _json_value(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, tuple | list):
+        return [v if type(v) in _SCALARS else _json_scalar(v) for v in value]
+    return _json_scalar(value)
+
+
+def _json_scalar(value: Any) -> Any:
+    """An exact JSON scalar for a value the SDK let through (a subclass, an odd object)."""
+    if isinstance(value, str):  # exact copies: a subclass's own methods are never run
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    try:
+        text = str(value)
+    except Exception:
+        return None
+    return str.__str__(text) if isinstance(text, str) else None
+
+
+def json_attributes(attributes: Any) -> dict[str, Any]:
+    """The span's attributes as JSON values (string keys; scalars and lists of scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if isinstance(key, str):
+            out[str.__str__(key)] = _json_value(value)
+    return out
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def span_record_to_event(record: dict[str, Any], unattributed: str) -> dict[str, Any]:
-    """The usage event of a journaled span record."""
-    return build_event(
-        record["a"],
-        trace_id=int(record["t"]),
-        span_id=int(record["s"]),
-        start_ns=int(record["b"]),
-        end_ns=int(record["e"]),
-        ok=bool(record["ok"]),
-        unattributed_customer=unattributed,
-    )
+    """The usage event of a journaled span record.
+
+    Raises ``KeyError``/``TypeError`` only for a line that is not a span record; odd
+    values inside a record still give an event (degraded to what can be read).
+    """
+    attributes = record["a"]
+    if not isinstance(attributes, dict):
+        raise TypeError("span record attributes must be an object")
+    trace_id, span_id = _int(record["t"]), _int(record["s"])
+    start, end = max(0, _int(record.get("b", 0))), max(0, _int(record.get("e", 0)))
+    ok = bool(record.get("ok", True))
+
+    def event(attrs: dict[str, Any]) -> dict[str, Any]:
+        return build_event(
+            attrs,
+            trace_id=trace_id,
+            span_id=span_id,
+            start_ns=start,
+            end_ns=end,
+            ok=ok,
+            unattributed_customer=unattributed,
+        )
+
+    try:
+        return event(attributes)
+    except Exception:  # never lose the event: build it from what is plainly readable
+        metrics.increment("instrumentation_errors")
+        error_once("event-build", "cmdrdata: a span record had odd values; event degraded")
+        plain = {k: v for k, v in attributes.items() if isinstance(k, str) and type(v) in _SCALARS}
+        plain[METERING_DEGRADED] = True
+        return event(plain)

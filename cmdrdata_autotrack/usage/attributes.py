@@ -63,7 +63,9 @@ IMAGE_QUALITY = "cmdrdata.usage.image_quality"
 AUDIO_SECONDS = "cmdrdata.usage.audio_seconds"
 INPUT_CHARACTERS = "cmdrdata.usage.input_characters"
 USAGE_ESTIMATED = "cmdrdata.usage.estimated"
-USAGE_SOURCE = "cmdrdata.usage.source"  # "response" | "stream" | "estimate" | "request" | "none"
+USAGE_SOURCE = "cmdrdata.usage.source"  # "response" | "estimate" | "request" | "none"
+# missing_usage | malformed_usage | non_json_body (see usage.model.USAGE_PROBLEMS)
+USAGE_PROBLEM = "cmdrdata.usage.problem"
 STREAM_OUTCOME = "cmdrdata.stream.outcome"  # completed | closed | abandoned | error
 STREAM_USAGE_INJECTED = "cmdrdata.stream.usage_injected"
 
@@ -79,6 +81,11 @@ BAGGAGE_CUSTOMER_ID = "cmdrdata.customer_id"
 
 # Present on every span the agent meters: the sampler keeps such spans recorded.
 METERED_MARK = "cmdrdata.metered"
+# Set when the call's record lacks something the agent normally records: parts it could not
+# read from odd input are dropped (named in METERING_DROPPED), or an unexpected failure left
+# only a minimal span (operation, model, customer when known).
+METERING_DEGRADED = "cmdrdata.metering.degraded"
+METERING_DROPPED = "cmdrdata.metering.dropped"  # string[]: metadata, request, content, ...
 # Set when another OpenAI instrumentation traces the call: the span is for metering only.
 TRACE_SUPPRESSED = "cmdrdata.trace_suppressed"
 

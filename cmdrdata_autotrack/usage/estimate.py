@@ -1,10 +1,15 @@
-"""Token estimates for calls whose response carries no usage.
+"""Token estimates for calls whose response carries no (valid) usage.
 
-Used only when a stream ended without a usage report (interrupted, the host
-gives none, injection disabled). The estimate is deliberately simple and
-documented: about four characters of English text per token, the rule of
-thumb OpenAI publishes, and one token per streamed content delta (OpenAI sends
-one token per delta). Estimated usage is always marked as such on the span.
+Used only when usage was not reported or not usable: a stream that ended without
+a usage report (interrupted, the host gives none, injection disabled), or a
+response whose usage is missing or malformed. The estimate is deliberately
+simple and documented: about four characters of English text per token, the
+rule of thumb OpenAI publishes, and one token per streamed content delta
+(OpenAI sends one token per delta). Estimated usage is always marked as such on
+the span.
+
+The request is the caller's own object: it is only read, with bounded effort
+(parts and depth), and never with methods a subclass could override.
 """
 
 from __future__ import annotations
@@ -12,45 +17,85 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .extract import field
+
 CHARS_PER_TOKEN = 4
 # Chat formatting adds a few tokens per message (role markers, separators).
 TOKENS_PER_MESSAGE = 4
 _MAX_WALK = 10_000  # parts looked at, so a huge request costs bounded time
+_MAX_DEPTH = 32  # nesting followed, so a deeply nested value cannot exhaust the stack
+_TEXT_KEYS = ("content", "text", "input", "output", "arguments", "instructions")
 
 
 def tokens_for_chars(chars: int) -> int:
     return -(-chars // CHARS_PER_TOKEN) if chars > 0 else 0
 
 
-def _text_chars(value: Any, budget: list[int]) -> int:
+def _text_chars(value: Any, budget: list[int], depth: int = 0) -> int:
     """Characters of text in a prompt-like value: str, list of parts, message dicts."""
-    if budget[0] <= 0:
+    if budget[0] <= 0 or depth > _MAX_DEPTH:
         return 0
     budget[0] -= 1
     if isinstance(value, str):
-        return len(value)
+        return str.__len__(value)  # a str subclass's own __len__ is not trusted
     if isinstance(value, Mapping):
         total = 0
-        for key in ("content", "text", "input", "output", "arguments", "instructions"):
+        for key in _TEXT_KEYS:
             if key in value:
-                total += _text_chars(value[key], budget)
+                total += _text_chars(value[key], budget, depth + 1)
         return total
     if isinstance(value, list | tuple):
-        if value and all(isinstance(v, int) for v in value[:8]):
+        if value and all(type(v) is int for v in value[:8]):
             return len(value) * CHARS_PER_TOKEN  # already tokens
-        return sum(_text_chars(v, budget) for v in value)
+        return sum(_text_chars(v, budget, depth + 1) for v in value)
     return 0
 
 
 def estimate_input_tokens(kwargs: Mapping[str, Any]) -> int:
-    """Estimate of the prompt tokens of a request, from its keyword arguments."""
+    """Estimate of the prompt tokens of a request, from its keyword arguments (0 if unreadable)."""
     budget = [_MAX_WALK]
-    messages = kwargs.get("messages")
-    if isinstance(messages, list | tuple):  # never iterate a generator the SDK still needs
-        chars = sum(_text_chars(m, budget) for m in messages)
-        return tokens_for_chars(chars) + TOKENS_PER_MESSAGE * len(messages)
+    try:
+        messages = kwargs.get("messages")
+        if isinstance(messages, list | tuple):  # never iterate a generator the SDK still needs
+            chars = sum(_text_chars(m, budget) for m in messages)
+            return tokens_for_chars(chars) + TOKENS_PER_MESSAGE * len(messages)
+        total = 0
+        for key in ("input", "prompt", "instructions"):
+            if key in kwargs:
+                total += tokens_for_chars(_text_chars(kwargs[key], budget))
+        return total
+    except Exception:  # an odd object in the request: no estimate rather than no event
+        return 0
+
+
+def _items(value: Any) -> list[Any]:
+    return list(value[:256]) if isinstance(value, list | tuple) else []
+
+
+def _chars(value: Any) -> int:
+    return str.__len__(value) if isinstance(value, str) else 0
+
+
+def output_text_chars(response: Any) -> int:
+    """Characters of generated text in a response (parsed SDK object or JSON)."""
     total = 0
-    for key in ("input", "prompt", "instructions"):
-        if key in kwargs:
-            total += tokens_for_chars(_text_chars(kwargs[key], budget))
+    for choice in _items(field(response, "choices")):  # chat and legacy completions
+        total += _chars(field(choice, "text"))
+        message = field(choice, "message")
+        total += _chars(field(message, "content")) + _chars(field(message, "refusal"))
+        for call in _items(field(message, "tool_calls")):
+            total += _chars(field(field(call, "function"), "arguments"))
+    for item in _items(field(response, "output")):  # the Responses API
+        total += _chars(field(item, "arguments"))
+        for part in _items(field(item, "content")):
+            total += _chars(field(part, "text")) + _chars(field(part, "refusal"))
     return total
+
+
+def estimate_output_tokens(response: Any) -> int | None:
+    """Estimate of the tokens generated in ``response``, or ``None`` when it has no text."""
+    try:
+        chars = output_text_chars(response)
+    except Exception:
+        return None
+    return tokens_for_chars(chars) if chars else None

@@ -22,9 +22,10 @@ from typing import Any
 from .._version import __version__
 from . import attributes as A
 from .extract import count, seconds
-from .model import UNIT_COUNTERS
+from .model import UNIT_COUNTERS, USAGE_PROBLEMS
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+USAGE_SOURCES = frozenset({"response", "estimate", "request", "none"})
 # Event ids are derived from the span's identity: the same span always gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
 MAX_STRING = 256
@@ -36,7 +37,12 @@ def clean_text(value: Any, limit: int = MAX_STRING) -> str | None:
     """A printable, bounded string, or ``None``."""
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    try:
+        text = str.__str__(value) if isinstance(value, str) else str(value)
+    except Exception:  # an object whose str() fails: nothing to say
+        return None
+    if not isinstance(text, str):
+        return None
     if not text.isprintable():
         text = "".join(c for c in text if c.isprintable())
     return text[:limit] or None
@@ -59,14 +65,31 @@ def event_id_for(trace_id: int, span_id: int) -> str:
 def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attributes.items():
-        if not key.startswith(A.METADATA_PREFIX) or len(out) >= MAX_METADATA_KEYS:
+        if not isinstance(key, str) or not key.startswith(A.METADATA_PREFIX):
             continue
+        if len(out) >= MAX_METADATA_KEYS:
+            break
         name = clean_text(key[len(A.METADATA_PREFIX) :], 128)
         if name:
             if isinstance(value, list | tuple):
-                value = ",".join(str(v) for v in value)
+                value = ",".join(clean_text(v, MAX_METADATA_VALUE) or "" for v in value)
             out[name] = clean_scalar(value)
     return out
+
+
+def _usage_source(attributes: Mapping[str, Any], input_tokens: int, output_tokens: int) -> str:
+    """Where the counts come from: the span says; a span from elsewhere is read for it."""
+    source = attributes.get(A.USAGE_SOURCE)
+    if isinstance(source, str) and source in USAGE_SOURCES:
+        return source
+    if attributes.get(A.USAGE_ESTIMATED) is True:
+        return "estimate"
+    return "response" if input_tokens or output_tokens else "none"
+
+
+def _usage_problem(attributes: Mapping[str, Any]) -> str | None:
+    problem = attributes.get(A.USAGE_PROBLEM)
+    return problem if isinstance(problem, str) and problem in USAGE_PROBLEMS else None
 
 
 def _first_text(attributes: Mapping[str, Any], *keys: str) -> str | None:
@@ -158,6 +181,10 @@ def build_event(
         "units": units,
         "service_tier": clean_text(a.get(A.OPENAI_RESPONSE_SERVICE_TIER), 64),
         "usage_estimated": a.get(A.USAGE_ESTIMATED) is True,
+        # --- added in schema 1.1 ------------------------------------------------------------
+        "usage_source": _usage_source(a, input_tokens, output_tokens),
+        "usage_problem": _usage_problem(a),
+        "metering_degraded": a.get(A.METERING_DEGRADED) is True,
         "finish_reasons": [r for r in (clean_text(x, 64) for x in finish) if r][:16]
         if isinstance(finish, list | tuple)
         else [],

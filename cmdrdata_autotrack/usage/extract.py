@@ -3,7 +3,8 @@
 Every function takes a response as the SDK parsed it (a pydantic model) *or* as
 plain JSON (a dict), so the same code serves parsed results, raw HTTP bodies and
 server-sent events. None of them raises on an unexpected shape: a missing or
-malformed field is simply "not reported" (``None``), never zero.
+malformed field is "not reported" (``None``), never zero, and a usage object that
+is there but malformed is marked so (``Usage.problem``) for the caller to flag.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .model import ResponseInfo, Usage
+from .model import MALFORMED_USAGE, ResponseInfo, Usage
 
 # Counts beyond this are not usage but garbage (2**40 tokens is ~1 TB of text).
 MAX_COUNT = 2**40
@@ -55,56 +56,127 @@ def text(value: Any, limit: int = 256) -> str | None:
 
 
 # --- usage objects ----------------------------------------------------------------------
+#
+# A usage object that is present is checked: a count that is there but not a sane
+# non-negative integer, a part of the wrong type, or a usage object without the counts its
+# endpoint always reports makes it ``malformed_usage`` (the valid counts are kept). Details
+# that are simply not there (no ``completion_tokens_details``) are "not reported": fine.
+
+_NOT_RECORDS = (str, bytes, bytearray, int, float, list, tuple, set, frozenset)
+
+
+def is_record(obj: Any) -> bool:
+    """A JSON object or an SDK model, as opposed to a scalar or a list."""
+    return isinstance(obj, Mapping) or not isinstance(obj, _NOT_RECORDS)
+
+
+class _Reader:
+    """Reads the counts of one usage object, noting any that are present but invalid."""
+
+    __slots__ = ("bad",)
+
+    def __init__(self) -> None:
+        self.bad = False
+
+    def part(self, obj: Any, *names: str) -> Any:
+        """The first present sub-object ``names`` of ``obj``; a non-object is malformed."""
+        for name in names:
+            value = field(obj, name)
+            if value is not None:
+                if is_record(value):
+                    return value
+                self.bad = True
+        return None
+
+    def count(self, obj: Any, name: str) -> int | None:
+        value = field(obj, name)
+        if value is None:
+            return None
+        number = count(value)
+        if number is None:
+            self.bad = True
+        return number
+
+    def seconds(self, obj: Any, name: str) -> float | None:
+        value = field(obj, name)
+        if value is None:
+            return None
+        number = seconds(value)
+        if number is None:
+            self.bad = True
+        return number
+
+    def finish(self, usage: Usage, *required: int | float | None) -> Usage:
+        if self.bad or any(value is None for value in required):
+            usage.problem = MALFORMED_USAGE
+        return usage
+
+
+def _malformed() -> Usage:
+    return Usage(problem=MALFORMED_USAGE)
 
 
 def usage_from_completion_tokens(usage: Any) -> Usage | None:
     """Chat and legacy completions: ``prompt_tokens`` / ``completion_tokens`` and details."""
     if usage is None:
         return None
-    prompt = field(usage, "prompt_tokens_details")
-    completion = field(usage, "completion_tokens_details")
-    return Usage(
-        input_tokens=count(field(usage, "prompt_tokens")),
-        output_tokens=count(field(usage, "completion_tokens")),
-        total_tokens=count(field(usage, "total_tokens")),
-        cached_input_tokens=count(field(prompt, "cached_tokens")),
-        input_audio_tokens=count(field(prompt, "audio_tokens")),
-        reasoning_tokens=count(field(completion, "reasoning_tokens")),
-        output_audio_tokens=count(field(completion, "audio_tokens")),
-        accepted_prediction_tokens=count(field(completion, "accepted_prediction_tokens")),
-        rejected_prediction_tokens=count(field(completion, "rejected_prediction_tokens")),
+    if not is_record(usage):
+        return _malformed()
+    r = _Reader()
+    prompt = r.part(usage, "prompt_tokens_details")
+    completion = r.part(usage, "completion_tokens_details")
+    result = Usage(
+        input_tokens=r.count(usage, "prompt_tokens"),
+        output_tokens=r.count(usage, "completion_tokens"),
+        total_tokens=r.count(usage, "total_tokens"),
+        cached_input_tokens=r.count(prompt, "cached_tokens"),
+        input_audio_tokens=r.count(prompt, "audio_tokens"),
+        reasoning_tokens=r.count(completion, "reasoning_tokens"),
+        output_audio_tokens=r.count(completion, "audio_tokens"),
+        accepted_prediction_tokens=r.count(completion, "accepted_prediction_tokens"),
+        rejected_prediction_tokens=r.count(completion, "rejected_prediction_tokens"),
     )
+    return r.finish(result, result.input_tokens, result.output_tokens)
 
 
 def usage_from_io_tokens(usage: Any) -> Usage | None:
     """Responses, images and transcriptions: ``input_tokens`` / ``output_tokens`` and details."""
     if usage is None:
         return None
+    if not is_record(usage):
+        return _malformed()
+    r = _Reader()
     if field(usage, "type") == "duration":
-        return Usage(audio_seconds=seconds(field(usage, "seconds")))
+        result = Usage(audio_seconds=r.seconds(usage, "seconds"))
+        return r.finish(result, result.audio_seconds)
     # Responses and images say input_tokens_details; transcriptions say input_token_details.
-    inp = field(usage, "input_tokens_details") or field(usage, "input_token_details")
-    out = field(usage, "output_tokens_details") or field(usage, "output_token_details")
-    return Usage(
-        input_tokens=count(field(usage, "input_tokens")),
-        output_tokens=count(field(usage, "output_tokens")),
-        total_tokens=count(field(usage, "total_tokens")),
-        cached_input_tokens=count(field(inp, "cached_tokens")),
-        input_text_tokens=count(field(inp, "text_tokens")),
-        input_image_tokens=count(field(inp, "image_tokens")),
-        input_audio_tokens=count(field(inp, "audio_tokens")),
-        reasoning_tokens=count(field(out, "reasoning_tokens")),
-        output_image_tokens=count(field(out, "image_tokens")),
+    inp = r.part(usage, "input_tokens_details", "input_token_details")
+    out = r.part(usage, "output_tokens_details", "output_token_details")
+    result = Usage(
+        input_tokens=r.count(usage, "input_tokens"),
+        output_tokens=r.count(usage, "output_tokens"),
+        total_tokens=r.count(usage, "total_tokens"),
+        cached_input_tokens=r.count(inp, "cached_tokens"),
+        input_text_tokens=r.count(inp, "text_tokens"),
+        input_image_tokens=r.count(inp, "image_tokens"),
+        input_audio_tokens=r.count(inp, "audio_tokens"),
+        reasoning_tokens=r.count(out, "reasoning_tokens"),
+        output_image_tokens=r.count(out, "image_tokens"),
     )
+    return r.finish(result, result.input_tokens, result.output_tokens)
 
 
 def usage_from_embedding_tokens(usage: Any) -> Usage | None:
     if usage is None:
         return None
-    return Usage(
-        input_tokens=count(field(usage, "prompt_tokens")),
-        total_tokens=count(field(usage, "total_tokens")),
+    if not is_record(usage):
+        return _malformed()
+    r = _Reader()
+    result = Usage(
+        input_tokens=r.count(usage, "prompt_tokens"),
+        total_tokens=r.count(usage, "total_tokens"),
     )
+    return r.finish(result, result.input_tokens)
 
 
 # --- whole responses --------------------------------------------------------------------
@@ -183,7 +255,7 @@ def extract_audio_text(response: Any) -> Extracted:
     if usage is None or usage.is_empty():
         duration = seconds(field(response, "duration"))
         if duration is not None:
-            usage = Usage(audio_seconds=duration)
+            usage = Usage(audio_seconds=duration, problem=usage.problem if usage else None)
     return usage, _info(response)
 
 
@@ -196,6 +268,11 @@ def extract_nothing(response: Any) -> Extracted:
 
 
 Extractor = Callable[[Any], Extracted]
+
+# Families whose every successful response reports token usage: a response without it is
+# flagged (``missing_usage``) and estimated. The others legitimately may carry none:
+# moderations, speech, DALL-E images and variations, whisper's text formats.
+REPORTS_USAGE = frozenset({"chat", "completions", "responses", "embeddings"})
 
 
 def extract_stream_event(family: str, event: Mapping[str, Any]) -> Extracted:

@@ -30,6 +30,16 @@ _COUNTER_ATTRIBUTES: tuple[tuple[str, str], ...] = (
 )
 
 
+# Why a call's usage is flagged: the response had no usage report although its endpoint
+# reports one; it had one that is not valid (wrong type, negative, NaN, absurd, wrong shape);
+# its body was not JSON at all (an HTML error page from a proxy, with status 200).
+MISSING_USAGE = "missing_usage"
+MALFORMED_USAGE = "malformed_usage"
+NON_JSON_BODY = "non_json_body"
+USAGE_PROBLEMS = (MISSING_USAGE, MALFORMED_USAGE, NON_JSON_BODY)
+_FLAGS = frozenset({"estimated", "problem"})
+
+
 @dataclass(slots=True)
 class Usage:
     """Billable units of one API call. ``None`` means "not reported", never zero."""
@@ -52,10 +62,12 @@ class Usage:
     audio_seconds: float | None = None
     input_characters: int | None = None
     estimated: bool = False
+    # Why the reported usage could not be taken as it is (see USAGE_PROBLEMS), or None.
+    problem: str | None = None
 
     def is_empty(self) -> bool:
         return all(
-            getattr(self, f.name) in (None, False) for f in fields(self) if f.name != "estimated"
+            getattr(self, f.name) in (None, False) for f in fields(self) if f.name not in _FLAGS
         )
 
     def merge(self, other: Usage) -> None:
@@ -80,6 +92,8 @@ class Usage:
             attrs[A.IMAGE_QUALITY] = self.image_quality
         if self.estimated:
             attrs[A.USAGE_ESTIMATED] = True
+        if self.problem is not None:
+            attrs[A.USAGE_PROBLEM] = self.problem
         return attrs
 
 

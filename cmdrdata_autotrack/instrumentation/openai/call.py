@@ -8,6 +8,8 @@ guarded: a failure of the agent is logged once and never reaches the app.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from typing import Any
@@ -19,8 +21,15 @@ from opentelemetry.trace import Span, Status, StatusCode
 from ...telemetry import metrics
 from ...telemetry.logging import error_once
 from ...usage import attributes as A
-from ...usage.estimate import estimate_input_tokens
-from ...usage.model import ResponseInfo, Usage
+from ...usage.estimate import estimate_input_tokens, estimate_output_tokens
+from ...usage.extract import REPORTS_USAGE
+from ...usage.model import (
+    MALFORMED_USAGE,
+    MISSING_USAGE,
+    NON_JSON_BODY,
+    ResponseInfo,
+    Usage,
+)
 from .endpoints import Endpoint
 from .observers import BodyObserver, SSEObserver
 
@@ -116,31 +125,37 @@ class MeteredCall:
         if self.deferred:
             return
         try:
-            usage, info = self._extract_result(result)
-            self.finish(usage, info)
+            usage, info, body = self._extract_result(result)
+            self.finish(self._settle(usage, body), info)
         except Exception:
             metrics.increment("instrumentation_errors")
             error_once("complete", "cmdrdata: could not read usage from a response")
-            self.finish(None, ResponseInfo())
+            self._degrade()
+            self.finish(self._settle_safely(None), ResponseInfo())
 
-    def _extract_result(self, result: Any) -> tuple[Usage | None, ResponseInfo]:
+    def _extract_result(self, result: Any) -> tuple[Usage | None, ResponseInfo, Any]:
+        """Usage, facts and the parsed body (for an output estimate) of a returned call."""
         if hasattr(type(result), "model_fields"):  # a pydantic model: the SDK's parsed object
-            return self.endpoint.extractor(result)
+            usage, info = self.endpoint.extractor(result)
+            return usage, info, result
         response = self.http_response
         if response is None:
-            return None, ResponseInfo()
+            return None, ResponseInfo(), None
         content_type = response.headers.get("content-type", "")
         if "json" in content_type:
             try:
-                return self.endpoint.extractor(response.json())
+                body = response.json()
             except ValueError:
-                pass
-        elif "text/event-stream" in content_type:  # an SSE body the SDK read whole (speech)
+                return Usage(problem=NON_JSON_BODY), ResponseInfo(), None
+            usage, info = self.endpoint.extractor(body)
+            return usage, info, body
+        if "text/event-stream" in content_type:  # an SSE body the SDK read whole (speech)
             observer = SSEObserver(self.endpoint.family, hide_usage_chunk=False)
             observer.feed(response.content)
             observer.flush()
-            return observer.usage, observer.info
-        return None, ResponseInfo()
+            return observer.usage, observer.info, None
+        # An HTML error page, plain text: no usage (fine for whisper's text formats and speech).
+        return Usage(problem=NON_JSON_BODY), ResponseInfo(), None
 
     def fail(self, exc: BaseException) -> None:
         """The method raised ``exc`` (which the caller gets unchanged)."""
@@ -157,6 +172,9 @@ class MeteredCall:
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
                 attrs[A.HTTP_STATUS_CODE] = status
+            if self._unparsable_success(exc):
+                metrics.increment(_PROBLEM_METRICS[NON_JSON_BODY])
+                attrs[A.USAGE_PROBLEM] = NON_JSON_BODY
             self.span.set_attributes(attrs)
             self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
         except Exception:
@@ -189,18 +207,17 @@ class MeteredCall:
                     attrs[A.ERROR_TYPE] = exc_type
                     self.span.set_status(Status(StatusCode.ERROR, exc_type))
                     outcome = "error"
-                if (usage is None or usage.output_tokens is None) and self.endpoint.family in (
-                    "chat",
-                    "completions",
-                    "responses",
-                ):
-                    usage = self._estimate(observer, usage)
+                if getattr(observer, "failed", False):
+                    self._degrade()  # the observer gave up on this stream: it read no usage
+                usage = self._settle(usage, streamed=observer.content_events)
             elif isinstance(observer, BodyObserver):
                 usage, info = observer.result()
-                if usage is None and self.endpoint.family in ("chat", "completions", "responses"):
-                    # the body was never read: OpenAI billed the call all the same
-                    metrics.increment("usage_estimated")
-                    usage = Usage(input_tokens=estimate_input_tokens(self.kwargs), estimated=True)
+                body: Any = None
+                if usage is None:
+                    # a body never read was billed all the same; one that is not JSON is flagged
+                    problem, body = _body_problem(observer)
+                    usage = Usage(problem=problem)
+                usage = self._settle(usage, body)
             if exc is not None:
                 error_type = type(exc).__qualname__
                 attrs[A.ERROR_TYPE] = error_type
@@ -215,17 +232,71 @@ class MeteredCall:
         # A stream that broke off was still partly generated, and billed: keep its usage.
         self.finish(usage, info)
 
-    def _estimate(self, observer: SSEObserver, usage: Usage | None) -> Usage:
-        """Usage the stream did not report: estimated, and marked so."""
-        metrics.increment("usage_estimated")
-        estimate = Usage(estimated=True)
-        estimate.input_tokens = estimate_input_tokens(self.kwargs)
-        estimate.output_tokens = observer.content_events
-        estimate.total_tokens = estimate.input_tokens + estimate.output_tokens
-        if usage is not None:
-            estimate.merge(usage)
-            estimate.estimated = True
+    # --- usage that is missing or malformed ---------------------------------------------
+
+    def _settle(
+        self, usage: Usage | None, body: Any = None, streamed: int | None = None
+    ) -> Usage | None:
+        """Flag usage the response did not report properly, and estimate what it lacks.
+
+        ``body`` is the parsed response (to estimate output from its text); ``streamed``
+        the content deltas of a stream. Endpoints that may carry no usage are not flagged
+        for having none.
+        """
+        reports = self.endpoint.family in REPORTS_USAGE
+        if usage is None:
+            if not reports:
+                return None
+            usage = Usage(problem=MISSING_USAGE)
+        elif usage.problem in (MISSING_USAGE, NON_JSON_BODY) and not reports:
+            usage.problem = None
+            return None if usage.is_empty() else usage
+        if usage.problem is None:
+            return usage
+        metrics.increment(_PROBLEM_METRICS.get(usage.problem, "usage_malformed"))
+        return self._estimate(usage, body, streamed) if reports else usage
+
+    def _settle_safely(self, usage: Usage | None) -> Usage | None:
+        try:
+            return self._settle(usage)
+        except Exception:
+            return usage
+
+    def _estimate(self, usage: Usage, body: Any, streamed: int | None) -> Usage:
+        """The reported counts that are valid, the others estimated (and marked so)."""
+        estimate = Usage(input_tokens=estimate_input_tokens(self.kwargs))
+        counts = ["input_tokens"]
+        if self.endpoint.family != "embeddings":
+            estimate.output_tokens = (
+                streamed if streamed is not None else estimate_output_tokens(body)
+            )
+            counts.append("output_tokens")
+        # Only a flaw in the details (all main counts valid) leaves the counts as reported.
+        estimated = usage.estimated or any(getattr(usage, name) is None for name in counts)
+        _derive_from_total(usage)
+        estimate.merge(usage)  # what was reported validly wins over the estimate
+        if usage.total_tokens is None:
+            estimate.total_tokens = (estimate.input_tokens or 0) + (estimate.output_tokens or 0)
+        estimate.estimated = estimated
+        if estimated:
+            metrics.increment("usage_estimated")
         return estimate
+
+    def _degrade(self) -> None:
+        """Mark the span: something the agent normally records is missing from it."""
+        with contextlib.suppress(Exception):
+            self.span.set_attribute(A.METERING_DEGRADED, True)
+
+    def _unparsable_success(self, exc: BaseException) -> bool:
+        """The server answered 2xx but the SDK could not parse the body (an HTML page)."""
+        response = self.http_response
+        status = getattr(response, "status_code", None)
+        return (
+            isinstance(exc, ValueError)
+            and isinstance(status, int)
+            and 200 <= status < 300
+            and self.endpoint.family in REPORTS_USAGE
+        )
 
     # --- the end ---------------------------------------------------------------------------
 
@@ -262,6 +333,34 @@ class MeteredCall:
         except Exception:
             metrics.increment("instrumentation_errors")
             error_once("finish", "cmdrdata: could not end a span")
+
+
+_PROBLEM_METRICS = {
+    MISSING_USAGE: "usage_missing",
+    MALFORMED_USAGE: "usage_malformed",
+    NON_JSON_BODY: "usage_non_json_body",
+}
+
+
+def _derive_from_total(usage: Usage) -> None:
+    """One of input/output tokens missing but a valid total reported: the other is exact."""
+    total, inp, out = usage.total_tokens, usage.input_tokens, usage.output_tokens
+    if total is None or (inp is None) == (out is None):
+        return
+    if inp is None and out is not None and total >= out:
+        usage.input_tokens = total - out
+    elif out is None and inp is not None and total >= inp:
+        usage.output_tokens = total - inp
+
+
+def _body_problem(observer: BodyObserver) -> tuple[str, Any]:
+    """Why a body read through a streaming response gave no usage, and its JSON if any."""
+    if observer.size == 0 or observer.size > observer.FULL:
+        return MISSING_USAGE, None  # never read (or too large to look at again)
+    try:
+        return MISSING_USAGE, json.loads(bytes(observer.head))
+    except ValueError:
+        return NON_JSON_BODY, None
 
 
 def _usage_source(usage: Usage | None, failed: bool) -> str:

@@ -1,4 +1,9 @@
-"""Pure functions from a request's keyword arguments to span attributes and known usage."""
+"""Pure functions from a request's keyword arguments to span attributes and known usage.
+
+The arguments are the caller's own objects: strings and numbers are copied as exact
+``str``/``int``/``float`` (a subclass's methods are never run), and the caller's
+request is never changed.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,25 @@ def arg(kwargs: Mapping[str, Any], name: str) -> Any:
 
 
 def _number(value: Any) -> float | int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool):
         return None
-    return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    """An exact ``str`` copy of a string argument, or ``None``."""
+    if not isinstance(value, str):
+        return None
+    return value if type(value) is str else str.__str__(value)
 
 
 def model_name(value: Any) -> str | None:
-    return value[:256] if isinstance(value, str) and value else None
+    name = _text(value)
+    return name[:256] if name else None
 
 
 def _output_type(kwargs: Mapping[str, Any], default: str | None) -> str | None:
@@ -81,14 +98,14 @@ def request_attributes(kwargs: Mapping[str, Any], output_type: str | None) -> di
         attrs[A.REQUEST_CHOICE_COUNT] = n
     stop = arg(kwargs, "stop")
     if isinstance(stop, str):
-        attrs[A.REQUEST_STOP_SEQUENCES] = [stop]
-    elif isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop):
-        attrs[A.REQUEST_STOP_SEQUENCES] = list(stop)
-    encoding = arg(kwargs, "encoding_format")
-    if isinstance(encoding, str):
+        attrs[A.REQUEST_STOP_SEQUENCES] = [_text(stop)]
+    elif isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop[:16]):
+        attrs[A.REQUEST_STOP_SEQUENCES] = [_text(s) for s in stop[:16]]
+    encoding = _text(arg(kwargs, "encoding_format"))
+    if encoding is not None:
         attrs[A.REQUEST_ENCODING_FORMATS] = [encoding]
-    tier = arg(kwargs, "service_tier")
-    if isinstance(tier, str):
+    tier = _text(arg(kwargs, "service_tier"))
+    if tier is not None:
         attrs[A.OPENAI_REQUEST_SERVICE_TIER] = tier
     if arg(kwargs, "stream") is True:
         attrs[A.REQUEST_STREAM] = True
@@ -101,13 +118,13 @@ def request_attributes(kwargs: Mapping[str, Any], output_type: str | None) -> di
 def request_usage(family: str, kwargs: Mapping[str, Any]) -> Usage | None:
     """Billable units known from the request alone (speech characters, image size/quality)."""
     if family == "speech":
-        text = arg(kwargs, "input")
-        return Usage(input_characters=len(text)) if isinstance(text, str) else None
+        text = _text(arg(kwargs, "input"))
+        return Usage(input_characters=len(text)) if text is not None else None
     if family == "images":
-        size, quality = arg(kwargs, "size"), arg(kwargs, "quality")
+        size, quality = _text(arg(kwargs, "size")), _text(arg(kwargs, "quality"))
         return Usage(
-            image_size=size if isinstance(size, str) else None,
-            image_quality=quality if isinstance(quality, str) else None,
+            image_size=size[:32] if size else None,
+            image_quality=quality[:32] if quality else None,
         )
     return None
 
@@ -134,9 +151,17 @@ def should_inject_stream_usage(mode: str, host: str | None, kwargs: Mapping[str,
     if mode == "never" or arg(kwargs, "stream") is not True:
         return False
     options = arg(kwargs, "stream_options")
-    if isinstance(options, Mapping) and "include_usage" in options:
+    if options is not None and type(options) is not dict:
+        return False  # not a plain dict: the caller's value is sent exactly as given
+    if options is not None and "include_usage" in options:
         return False  # the caller decided
     return mode == "always" or host in OPENAI_HOSTS
+
+
+def with_stream_usage(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``kwargs`` whose ``stream_options`` also asks for ``include_usage``."""
+    options = arg(kwargs, "stream_options")
+    return {**kwargs, "stream_options": {**(options or {}), "include_usage": True}}
 
 
 def content_attributes(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -151,7 +176,8 @@ def content_attributes(kwargs: Mapping[str, Any]) -> dict[str, str]:
         value = arg(kwargs, source)
         if value is not None and key not in attrs:
             try:
-                attrs[key] = json.dumps(value, default=str, ensure_ascii=False)[:65536]
-            except (TypeError, ValueError):
+                text = json.dumps(value, default=str, ensure_ascii=False)
+            except Exception:  # an object whose str() fails, a value nested too deep
                 continue
+            attrs[key] = text[:65536]
     return attrs

@@ -17,16 +17,17 @@ import contextlib
 import contextvars
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
 from ...attribution.resolve import Attribution, resolve
 from ...config import Settings
 from ...telemetry import metrics
-from ...telemetry.logging import error_once
+from ...telemetry.logging import error_once, warn_once
 from ...tracing.provider import TracerSource
 from ...usage import attributes as A
+from ...usage.model import Usage
 from ..peers import PeerWatch
 from . import request as R
 from .call import MeteredCall
@@ -37,6 +38,7 @@ ACTIVE: contextvars.ContextVar[MeteredCall | None] = contextvars.ContextVar(
     "cmdrdata_active_call", default=None
 )
 CARRY_HEADER = "X-Cmdrdata-Carry"
+_T = TypeVar("_T")
 
 
 class Carried(str):
@@ -92,76 +94,181 @@ class Runtime:
         kwargs: dict[str, Any],
         attribution: Attribution,
     ) -> MeteredCall:
+        """Open the call's span. Odd input drops only the part it spoils, never the span."""
         settings = self.settings
+        parts = _Parts(endpoint.method)
         client = getattr(resource, "_client", None)
-        base = self.client_attributes(client)
-        hide = False
-        if endpoint.injects_stream_usage and R.should_inject_stream_usage(
-            settings.stream_usage, base.get(A.SERVER_ADDRESS), kwargs
-        ):
-            options = R.arg(kwargs, "stream_options")
-            kwargs = {
-                **kwargs,
-                "stream_options": {**(options or {}), "include_usage": True},
-            }
-            hide = True
+        base = parts.read("server", _no_attrs, lambda: self.client_attributes(client))
+        hide = parts.read(
+            "stream_usage",
+            bool,
+            lambda: (
+                endpoint.injects_stream_usage
+                and R.should_inject_stream_usage(
+                    settings.stream_usage, base.get(A.SERVER_ADDRESS), kwargs
+                )
+            ),
+        )
+        if hide:
+            injected = parts.read("stream_usage", _no_attrs, lambda: R.with_stream_usage(kwargs))
+            if injected:
+                kwargs = injected
+            else:
+                hide = False  # the caller's request goes out exactly as given
         attrs: dict[str, Any] = {
             A.METERED_MARK: True,
             A.OPERATION_NAME: endpoint.operation,
             A.OPENAI_API_TYPE: endpoint.api_type,
         }
         attrs.update(base)
-        attrs.update(R.request_attributes(kwargs, endpoint.output_type))
-        attrs.update(attribution.to_attributes())
+        attrs.update(parts.read("request", _no_attrs, lambda: _essentials(kwargs)))
+        attrs.update(
+            parts.read(
+                "request", _no_attrs, lambda: R.request_attributes(kwargs, endpoint.output_type)
+            )
+        )
+        attrs.update(parts.read("attribution", _no_attrs, attribution.to_attributes))
+        if attribution.metadata_dropped:
+            parts.dropped.append("metadata")
         if hide:
             attrs[A.STREAM_USAGE_INJECTED] = True
-        suppressed = self.peers.active()
+        suppressed = parts.read("peers", bool, self.peers.active)
         if suppressed:
             attrs[A.TRACE_SUPPRESSED] = True
         if settings.capture_content:
-            attrs.update(R.content_attributes(kwargs))
-        model = attrs.get(A.REQUEST_MODEL)
-        name = f"{endpoint.operation} {model}" if model else endpoint.operation
-        span = self.tracers.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
-        call = MeteredCall(
-            span,
-            endpoint,
-            kwargs,
-            R.request_usage(endpoint.family, kwargs),
-            hide,
+            attrs.update(parts.read("content", _no_attrs, lambda: R.content_attributes(kwargs)))
+        request_usage = parts.read(
+            "request_usage", _no_usage, lambda: R.request_usage(endpoint.family, kwargs)
         )
+        if parts.dropped:
+            attrs[A.METERING_DEGRADED] = True
+            attrs[A.METERING_DROPPED] = list(dict.fromkeys(parts.dropped))
+        span = self._start_span(endpoint, attrs)
+        call = MeteredCall(span, endpoint, kwargs, request_usage, hide)
         call.current = not suppressed  # the other instrumentation's span stays the parent
         return call
 
+    def begin_degraded(
+        self,
+        endpoint: Endpoint,
+        kwargs: dict[str, Any],
+        attribution: Attribution | None,
+        customer: Any,
+    ) -> MeteredCall | None:
+        """A minimal span for a call whose normal start failed unexpectedly (never raises).
+
+        It keeps what billing cannot do without: the operation, the model and the
+        customer when they can be read, and a mark that the record is degraded. The
+        request is sent as the caller gave it.
+        """
+        metrics.increment("metering_degraded")
+        try:
+            attrs: dict[str, Any] = {
+                A.METERED_MARK: True,
+                A.OPERATION_NAME: endpoint.operation,
+                A.OPENAI_API_TYPE: endpoint.api_type,
+                A.METERING_DEGRADED: True,
+            }
+            with contextlib.suppress(Exception):
+                attrs.update(_essentials(kwargs))
+            try:
+                if attribution is None:  # the customer alone: the metadata may be the trouble
+                    attribution = resolve(customer, None, self.settings.customer_id)
+                attrs.update(attribution.to_attributes())
+            except Exception:
+                attrs[A.UNATTRIBUTED] = True
+            return MeteredCall(self._start_span(endpoint, attrs), endpoint, kwargs, None, False)
+        except Exception:
+            metrics.increment("instrumentation_errors")
+            error_once("begin-degraded", "cmdrdata: could not meter a call, even minimally")
+            return None
+
+    def _start_span(self, endpoint: Endpoint, attrs: dict[str, Any]) -> Any:
+        model = attrs.get(A.REQUEST_MODEL)
+        name = f"{endpoint.operation} {model}" if model else endpoint.operation
+        return self.tracers.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+
+
+def _no_usage() -> Usage | None:
+    return None
+
+
+def _no_attrs() -> dict[str, Any]:
+    return {}
+
+
+def _essentials(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The request facts an event needs (model, streaming), read on their own."""
+    attrs: dict[str, Any] = {}
+    model = R.model_name(R.arg(kwargs, "model"))
+    if model:
+        attrs[A.REQUEST_MODEL] = model
+    if R.arg(kwargs, "stream") is True:
+        attrs[A.REQUEST_STREAM] = True
+    return attrs
+
+
+class _Parts:
+    """Reads the optional parts of a call's record; one that fails is dropped, not the call."""
+
+    __slots__ = ("dropped", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.dropped: list[str] = []
+
+    def read(self, name: str, empty: Callable[[], _T], read: Callable[[], _T]) -> _T:
+        try:
+            return read()
+        except Exception:
+            self.dropped.append(name)
+            metrics.increment("metering_parts_dropped")
+            warn_once(
+                f"part:{name}:{self.method}",
+                "cmdrdata: could not record the %s of a %s call (odd input); "
+                "it is left out and the call is metered without it",
+                name,
+                self.method,
+            )
+            return empty()
+
 
 def _take_agent_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any, bool, Carried | None]:
-    """Remove the agent's keyword arguments (and a carried attribution) from ``kwargs``."""
+    """Remove the agent's keyword arguments (and a carried attribution) from ``kwargs``.
+
+    Never raises: the SDK must never see the agent's arguments, whatever else they are.
+    """
     customer = kwargs.pop("customer_id", None)
     metadata = kwargs.pop("tracking_metadata", None)
     track = kwargs.pop("track_usage", True) is not False
     carried = None
     headers = kwargs.get("extra_headers")
-    if isinstance(headers, Mapping) and CARRY_HEADER in headers:
-        carried = headers[CARRY_HEADER]
-        rest = {k: v for k, v in headers.items() if k != CARRY_HEADER}
-        kwargs["extra_headers"] = rest or None
-        if not isinstance(carried, Carried):
-            carried = None
+    # An odd headers mapping that cannot be read is left as it is (the SDK will judge it).
+    with contextlib.suppress(Exception):
+        if isinstance(headers, Mapping) and CARRY_HEADER in headers:
+            found = headers[CARRY_HEADER]
+            rest = {k: v for k, v in headers.items() if k != CARRY_HEADER}
+            kwargs["extra_headers"] = rest or None
+            carried = found if isinstance(found, Carried) else None
     return customer, metadata, track, carried
 
 
 def _start(
     runtime: Runtime, endpoint: Endpoint, resource: Any, kwargs: dict[str, Any]
 ) -> MeteredCall | None:
+    """The call's metering, or ``None`` when it is not to be metered.
+
+    Every call that reaches OpenAI gets one: odd input only drops parts of the record
+    (see :meth:`Runtime.begin`), and an unexpected failure still meters a minimal span.
+    """
     customer, metadata, track, carried = _take_agent_kwargs(kwargs)
     if not runtime.metering or not track or ACTIVE.get() is not None:
         return None
+    attribution: Attribution | None = None
     if carried is not None:
         if not carried.track:
             return None
         attribution = carried.attribution
-    else:
-        attribution = None
     try:
         if attribution is None:
             attribution = resolve(customer, metadata, runtime.settings.customer_id)
@@ -169,7 +276,7 @@ def _start(
     except Exception:
         metrics.increment("instrumentation_errors")
         error_once("begin:" + endpoint.method, "cmdrdata: could not start metering a call")
-        return None
+        return runtime.begin_degraded(endpoint, kwargs, attribution, customer)
 
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
