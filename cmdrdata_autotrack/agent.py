@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
-from .config import Settings
+from .config import Settings, known_overrides
 from .import_hook import when_imported
 from .telemetry import logging as agent_logging
 from .telemetry.logging import error_once, logger
@@ -73,26 +73,15 @@ class Agent:
         return self.pipeline.breaker.state if self.pipeline is not None else None
 
     def serve_health(self) -> None:
-        """Start /metrics, /healthz and /readyz when CMDRDATA_METRICS_PORT is set."""
+        """Serve /metrics, /healthz and /readyz when CMDRDATA_METRICS_PORT is set: on the
+        process's one server (the bootstrap opened it at start-up, or it opens now)."""
         if self.settings.metrics_port is None or self.health is not None:
             return
-        from .telemetry.health_server import HealthServer
+        from .telemetry import health_server
 
-        try:
-            self.health = HealthServer(
-                self.settings.metrics_host,
-                self.settings.metrics_port,
-                self._gauges,
-                self._readiness,
-                self._breaker,
-            ).start()
-        except OSError as exc:
-            logger.warning(
-                "cmdrdata: could not serve metrics on %s:%s: %s",
-                self.settings.metrics_host,
-                self.settings.metrics_port,
-                exc.strerror,
-            )
+        self.health = health_server.serve(self.settings.metrics_host, self.settings.metrics_port)
+        if self.health is not None:
+            self.health.attach(self._gauges, self._readiness, self._breaker)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver (or record) every event so far; ``True`` when nothing is left waiting."""
@@ -170,7 +159,7 @@ def _start_pending(module: ModuleType) -> None:
 
 def ensure_started(**overrides: Any) -> Agent:
     """Start the agent, or apply explicit settings (``TrackedOpenAI(tracker_key=...)``) to it."""
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given: dict[str, Any] = known_overrides(overrides)  # checked; None, blank, bad left out
     current = get()
     if current is None:
         settings = Settings.from_env(**given)

@@ -14,6 +14,7 @@ from typing import Any
 import openai
 
 from . import agent
+from .telemetry.logging import error_once
 
 
 class _Tracked:
@@ -25,9 +26,12 @@ class _Tracked:
         tracker_endpoint: str | None,
         tracker_timeout: float | None,
     ) -> None:
-        agent.ensure_started(
-            api_key=tracker_key, endpoint=tracker_endpoint, timeout=tracker_timeout
-        )
+        try:
+            agent.ensure_started(
+                api_key=tracker_key, endpoint=tracker_endpoint, timeout=tracker_timeout
+            )
+        except Exception:  # metering must never stop the app from making its client
+            error_once("tracked-start", "cmdrdata: could not start; this client is not metered")
 
     def get_openai_client(self) -> Any:
         return self

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..config import Settings
-from ..export.client import endpoint_problem, key_problem
+from ..export import identity as identities
+from ..export.client import endpoints_problem, key_problem
 from ..export.spool import Spool
+from ..export.sqlite import DamagedDatabase, is_damage
 from ..paths import locations
 from ..telemetry.logging import redact
 
@@ -81,48 +85,100 @@ def checks(settings: Settings, network: bool) -> list[Check]:
             Check("mode", OK, f"local ledger at {where.ledger_path} (no CMDRDATA_API_KEY)")
         )
     else:
-        problem = endpoint_problem(settings.endpoint)
+        problem = endpoints_problem(settings.endpoint, settings.batch_endpoint)
         found.append(Check("endpoint", FAIL if problem else OK, problem or settings.endpoint))
         bad_key = key_problem(settings.api_key)
         found.append(Check("tracker key", WARN if bad_key else OK, bad_key or "format looks right"))
+        fingerprint = identities.of(
+            settings.api_key, settings.endpoint, settings.batch_endpoint, str(where.ledger_path)
+        ).fingerprint
+        found.append(
+            Check(
+                "identity",
+                OK,
+                f"{fingerprint} (a fingerprint of the key and endpoints; this process "
+                "delivers only the events metered with the same)",
+            )
+        )
         if network and not problem:
             found.append(_reachable(settings.endpoint, settings.timeout))
+    for note in where.notes:
+        found.append(Check("folders", WARN, note))
     journal = where.journal_dir
     waiting = len(list(journal.glob("*.jsonl"))) if journal.exists() else 0
     found.append(Check("journal", OK, f"{waiting} segment(s) waiting to be imported in {journal}"))
     if where.spool_path.exists():
-        spool = Spool(where.spool_path)
+        own = identities.of(
+            settings.api_key, settings.endpoint, settings.batch_endpoint, str(where.ledger_path)
+        )
         try:
-            stats, state = spool.stats(), spool.state()
-        finally:
-            spool.close()
-        age = f", oldest {stats.oldest_age_s:.0f} s old" if stats.oldest_age_s is not None else ""
-        backlog = stats.depth and (not settings.api_key or (stats.oldest_age_s or 0) > 3600)
-        found.append(
-            Check(
-                "spool",
-                WARN if backlog else OK,
-                f"{stats.depth} event(s) waiting ({stats.bytes} bytes), {stats.due} due{age}",
-            )
-        )
-        found.append(
-            Check(
-                "dead letters",
-                FAIL if stats.dead_letters else OK,
-                f"{stats.dead_letters} event(s) refused by the API"
-                + (" (see: cmdrdata-autotrack dead-letters)" if stats.dead_letters else ""),
-            )
-        )
-        breaker = str(state.get("breaker", "closed"))
-        seen = state.get("at")
-        when = (
-            f", reported {time.time() - float(seen):.0f} s ago"
-            if isinstance(seen, int | float)
-            else ""
-        )
-        found.append(Check("circuit breaker", OK if breaker == "closed" else WARN, breaker + when))
+            found.extend(_spool_checks(where.spool_path, own))
+        except (DamagedDatabase, sqlite3.DatabaseError) as exc:
+            if not is_damage(exc):
+                raise
+            damage = exc if isinstance(exc, DamagedDatabase) else None
+            damage = damage or DamagedDatabase(where.spool_path, str(exc))  # found mid-way
+            found.append(Check("spool", FAIL, f"{damage}: {damage.advice}"))
     else:
         found.append(Check("spool", OK, f"empty (none yet at {where.spool_path})"))
+    return found
+
+
+def _spool_checks(path: Path, own: identities.Identity) -> list[Check]:
+    spool = Spool(path)
+    try:
+        everything, state = spool.stats(), spool.state()
+        stats = spool.stats(own.serves()) if own.keyed else everything
+        waiting = spool.waiting_by_identity()
+    finally:
+        spool.close()
+    found: list[Check] = []
+    age = f", oldest {stats.oldest_age_s:.0f} s old" if stats.oldest_age_s is not None else ""
+    backlog = stats.depth and (not own.keyed or (stats.oldest_age_s or 0) > 3600)
+    whose = " for this key and endpoint" if own.keyed else ""
+    found.append(
+        Check(
+            "spool",
+            WARN if backlog else OK,
+            f"{stats.depth} event(s) waiting{whose} ({everything.bytes} bytes in all), "
+            f"{stats.due} due{age}",
+        )
+    )
+    others = {fp: n for fp, (n, _) in waiting.items() if fp not in own.serves()}
+    if others and own.keyed:  # keyless: the spool line above already counts them all
+        stale = any(age_s > 3600 for fp, (_, age_s) in waiting.items() if fp in others)
+        found.append(
+            Check(
+                "other identities",
+                WARN if stale else OK,
+                f"{sum(others.values())} event(s) wait for another key or endpoint "
+                f"({identities.describe_counts(others)}); only a process with those "
+                "settings delivers them",
+            )
+        )
+    elif others:
+        found.append(
+            Check(
+                "other identities",
+                WARN,
+                f"the spool's events wait for a process with a key "
+                f"({identities.describe_counts(others)}); this one has none",
+            )
+        )
+    found.append(
+        Check(
+            "dead letters",
+            FAIL if everything.dead_letters else OK,
+            f"{everything.dead_letters} event(s) refused by the API"
+            + (" (see: cmdrdata-autotrack dead-letters)" if everything.dead_letters else ""),
+        )
+    )
+    breaker = str(state.get("breaker", "closed"))
+    seen = state.get("at")
+    when = (
+        f", reported {time.time() - float(seen):.0f} s ago" if isinstance(seen, int | float) else ""
+    )
+    found.append(Check("circuit breaker", OK if breaker == "closed" else WARN, breaker + when))
     return found
 
 

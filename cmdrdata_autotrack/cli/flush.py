@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from typing import Any, TextIO
 
 from ..config import Settings
-from ..export.pipeline import Pipeline, owner_is_dead
+from ..export.client import safe_extract
+from ..export.identity import describe_counts
+from ..export.pipeline import ImportTargets, Pipeline, owner_is_dead
 from ..export.spool import Spool
+from ..export.sqlite import DamagedDatabase, is_damage
 from ..paths import locations
+from ..telemetry.logging import register_secret
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "flush",
         help="deliver what is spooled now (or record it in the ledger), with progress",
-        description="Import every journal left by this machine's processes, then deliver "
-        "the spool until it is empty, nothing is due, or the timeout passes.",
+        description="Import every journal left by this machine's processes (keyless usage "
+        "into its ledger, keyed usage into the spool), then deliver the events of this key "
+        "and endpoint until none is left, none is due, or the timeout passes. Events of "
+        "other keys or endpoints are counted, never sent.",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,53 +56,94 @@ def progress(out: TextIO, done: int, total: int, width: int = 30) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     pipeline = Pipeline(settings)
-    out = sys.stderr
-    if pipeline.mode == "ledger":
-        store = pipeline.open_store()
-        try:
-            moved = pipeline.import_journal(store)
-        finally:
-            store.close()
-        print(f"Recorded {moved} event(s) in the ledger {pipeline.ledger_path}.")
-        return 0
-    if pipeline.problem:
-        print(f"Not delivering: {pipeline.problem}.", file=out)
+    try:
+        if pipeline.mode == "ledger":
+            return _record(pipeline)
+        if pipeline.problem:
+            print(f"Not delivering: {pipeline.problem}.", file=sys.stderr)
+            return 1
+        return _deliver(pipeline, args)
+    except (DamagedDatabase, sqlite3.DatabaseError) as exc:
+        if not is_damage(exc):
+            raise
+        damage = exc if isinstance(exc, DamagedDatabase) else None
+        damage = damage or DamagedDatabase(pipeline.spool_path, str(exc))  # found mid-way
+        print(f"cmdrdata-autotrack: {damage}: {damage.advice}.", file=sys.stderr)
         return 1
+
+
+def _record(pipeline: Pipeline) -> int:
+    """No key: record keyless usage in its ledger; keyed usage waits in the spool."""
+    store = pipeline.open_store()
+    try:
+        if pipeline.spool_path.exists():
+            store.spool()  # a damaged spool is reported before anything is moved
+        pipeline.import_journal(store)
+        print(f"Recorded {store.recorded} event(s) in the ledger {pipeline.ledger_path}.")
+        if pipeline.spool_path.exists():
+            _print_others(store.spool(), pipeline)
+    finally:
+        store.close()
+    return 1 if store.kept else 0  # a damaged ledger: the warning said what to do
+
+
+def _print_others(spool: Spool, pipeline: Pipeline) -> None:
+    """Events waiting for another identity: safe to show (fingerprints), not ours to send."""
+    others = {
+        fingerprint: count
+        for fingerprint, (count, _) in spool.waiting_by_identity().items()
+        if fingerprint not in pipeline.serves
+    }
+    if others:
+        print(
+            f"{sum(others.values())} event(s) wait for another key or endpoint "
+            f"({describe_counts(others)}); only a process with those settings delivers them."
+        )
+
+
+def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
+    out = sys.stderr
+    serves = pipeline.serves  # this key and endpoint's events (and unknown ones), no others'
     spool = Spool(pipeline.spool_path)
+    store = ImportTargets(pipeline.spool_path, spool)
     client = pipeline.new_client()
     try:
-        pipeline.import_journal(spool)
+        pipeline.import_journal(store)
         spool.reclaim(owner_is_dead)  # leases of processes that died while sending
-        spool.make_due()  # "now": skip any backoff the events were waiting out
-        total = spool.stats().depth
+        spool.make_due(serves)  # "now": skip any backoff the events were waiting out
+        total = spool.stats(serves).depth
         start_depth, deadline = total, time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             if not pipeline.breaker.allow():
                 time.sleep(min(pipeline.breaker.wait_time(), max(0.0, deadline - time.monotonic())))
                 continue
             sent = pipeline.send_round(spool, client)
-            stats = spool.stats()
+            stats = spool.stats(serves)
             if not args.quiet:
                 progress(out, start_depth - stats.depth, total)
             if sent:
                 continue
             if stats.depth == 0:
                 break
-            due_in = spool.next_due_in()  # retries scheduled by this run, or leases held
+            due_in = spool.next_due_in(serves)  # retries scheduled by this run, or leases held
             if due_in is None or time.monotonic() + due_in >= deadline:
                 break
             time.sleep(max(due_in, 0.01))
-        stats = spool.stats()
+        stats = spool.stats(serves)
+        if not args.quiet:
+            out.write("\n")
+        print(
+            f"{start_depth - stats.depth} delivered, {stats.depth} still spooled, "
+            f"{stats.dead_letters} dead letter(s)."
+        )
+        if store.recorded:  # keyless usage of other processes: recorded, never sent
+            print(f"Recorded {store.recorded} keyless event(s) in their ledger.")
+        _print_others(spool, pipeline)
     finally:
         client.close()
+        store.close()
         spool.close()
-    if not args.quiet:
-        out.write("\n")
-    print(
-        f"{start_depth - stats.depth} delivered, {stats.depth} still spooled, "
-        f"{stats.dead_letters} dead letter(s)."
-    )
-    return 0 if stats.depth == 0 else 1
+    return 0 if stats.depth == 0 and not store.kept else 1
 
 
 def run_dead_letters(args: argparse.Namespace) -> int:
@@ -113,6 +161,11 @@ def run_dead_letters(args: argparse.Namespace) -> int:
         rows = spool.dead_letters(limit=1000)
     finally:
         spool.close()
+    # reasons quote the API's answers: mask any secret in them, even in rows stored by older
+    # versions, and keep control characters off the terminal
+    register_secret(settings.api_key)
+    for row in rows:
+        row["reason"] = safe_extract(str(row["reason"]), limit=10_000)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:

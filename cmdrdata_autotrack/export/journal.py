@@ -9,15 +9,24 @@ Each process writes its own segment file ``<pid>-<nanos>.jsonl`` and holds an
 exclusive ``flock`` on it while it is open, so a segment whose lock can be
 taken is either closed (rotated) or was left by a process that died: either
 way it is ready to import. After ``fork`` the child starts its own segment.
+
+A segment's first line is a header that says whose usage it holds (the
+identity of :mod:`.identity`): whoever imports the segment routes its events by
+it, whatever that importer's own settings. The folder is 0700 and segments are
+0600, whatever the umask.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+from ..paths import make_private_dir
 
 try:
     import fcntl
@@ -25,12 +34,17 @@ except ImportError:  # pragma: no cover - Windows: fall back to process liveness
     fcntl = None  # type: ignore[assignment]
 
 SUFFIX = ".jsonl"
+HEADER_KEY = "cmdrdata_journal"  # a line with this key is a segment's header, not an event
 
 
 class Journal:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int, header: Mapping[str, Any] | None = None
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        fields = {HEADER_KEY: 1, **(header or {})}
+        self._header = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
@@ -55,12 +69,19 @@ class Journal:
             return True
 
     def _open(self) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.directory, tighten=True)
         path = self.directory / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, self._header)  # before any event: the segment says whose it is
+        except OSError:
+            os.close(fd)
+            raise
         self._fd, self._path = fd, path
+        self._written += len(self._header)
+        self._segment_bytes += len(self._header)
         return fd
 
     def _forget_inherited(self) -> None:
@@ -148,6 +169,19 @@ def _alive(pid: int) -> bool:  # pragma: no cover - Windows
     except OSError:
         return False
     return True
+
+
+def read_segment(fd: int) -> tuple[dict[str, Any] | None, list[bytes]]:
+    """A segment's header (``None`` if it has none: an older version wrote it) and event lines."""
+    lines = read_lines(fd)
+    if lines and lines[0].startswith(b'{"' + HEADER_KEY.encode() + b'"'):
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            header = None
+        if isinstance(header, dict):
+            return header, lines[1:]
+    return None, lines
 
 
 def read_lines(fd: int) -> list[bytes]:

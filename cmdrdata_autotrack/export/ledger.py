@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .sqlite import connect
+from .sqlite import connect, run_script
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -49,8 +49,9 @@ INSERT OR IGNORE INTO usage VALUES (
 
 
 def open_ledger(path: Path) -> sqlite3.Connection:
+    """Open (or create) the ledger; raises ``DamagedDatabase`` if the file is not one."""
     conn = connect(path)
-    conn.executescript(SCHEMA)
+    run_script(conn, path, SCHEMA)
     return conn
 
 

@@ -4,11 +4,13 @@
   (:meth:`Pipeline.submit`): microseconds, no locks shared with other processes,
   durable once it returns.
 * The *importer* thread moves closed journal segments into the shared spool (or
-  the ledger when there is no API key) and deletes them.
-* The *sender* thread leases due events from the spool and posts them with
-  their ``Idempotency-Key``; acknowledged events leave the spool, failed ones
-  are retried with backoff and jitter behind a circuit breaker, refused ones go
-  to the dead letters.
+  the ledger) and deletes them. Each segment names whose usage it holds (its
+  identity, :mod:`.identity`): keyed usage goes to the spool under that
+  identity, keyless usage to the ledger, whichever process imports it.
+* The *sender* thread leases due events of its own identity from the spool and
+  posts them with their ``Idempotency-Key``; acknowledged events leave the
+  spool, failed ones are retried with backoff and jitter behind a circuit
+  breaker, refused ones go to the dead letters.
 
 Threads start with the first event (or at start-up when an earlier process left
 events behind). At exit and on SIGTERM the pipeline delivers what it can within
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -34,12 +37,14 @@ from .. import paths
 from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
+from . import identity as identities
 from . import ledger as ledger_db
 from .backoff import CircuitBreaker, backoff_delay
-from .client import CONNECT_TIMEOUT, DeliveryClient, Result, endpoint_problem, key_problem
-from .journal import Journal, read_lines
+from .client import CONNECT_TIMEOUT, DeliveryClient, Result, endpoints_problem, key_problem
+from .journal import Journal, read_segment
 from .processor import span_record_to_event
 from .spool import Leased, Spool
+from .sqlite import DamagedDatabase, is_damage
 
 logger = logging.getLogger("cmdrdata_autotrack.delivery")
 
@@ -47,6 +52,7 @@ IMPORT_BATCH_WINDOW_S = 0.05  # gather events this long before closing a journal
 IDLE_WAIT_S = 1.0
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
+DAMAGED_RETRY_S = 5.0  # how often the importer tries a damaged spool or ledger again
 
 
 class Pipeline:
@@ -58,12 +64,23 @@ class Pipeline:
             where.spool_path,
             where.ledger_path,
         )
+        for note in where.notes:
+            warn_once("location:" + note, "cmdrdata: %s", note)
+        if where.own_spool_dir and where.spool_dir.exists():
+            with contextlib.suppress(OSError):  # made by an older version, maybe 0755
+                paths.make_private_dir(where.spool_dir, tighten=True)
         self.max_bytes = int(settings.spool_max_mb * 1024 * 1024)
-        self.journal = Journal(where.journal_dir, self.max_bytes)
         self.mode = "deliver" if settings.api_key else "ledger"
+        # whose usage this process meters: its events are delivered (or recorded) under it
+        self.identity = identities.of(
+            settings.api_key, settings.endpoint, settings.batch_endpoint, str(self.ledger_path)
+        )
+        self.serves = self.identity.serves()  # the spool rows this process's sender delivers
+        header = {**self.identity.header(), "unattributed": settings.unattributed_customer}
+        self.journal = Journal(where.journal_dir, self.max_bytes, header)
         self.problem: str | None = None
         if self.mode == "deliver":
-            self.problem = endpoint_problem(settings.endpoint)
+            self.problem = endpoints_problem(settings.endpoint, settings.batch_endpoint)
             if self.problem:
                 logger.error(
                     "cmdrdata: %s; usage is kept in the spool and not delivered", self.problem
@@ -147,14 +164,30 @@ class Pipeline:
                 try:
                     loop()
                     return
-                except Exception:
+                except Exception as exc:
                     metrics.increment("pipeline_errors")
-                    error_once("loop:" + loop.__name__, "cmdrdata: delivery thread failed")
+                    if is_damage(exc):  # the sender's spool: say what to do, not a traceback
+                        self.damaged(
+                            exc
+                            if isinstance(exc, DamagedDatabase)
+                            else DamagedDatabase(self.spool_path, str(exc))
+                        )
+                    else:
+                        error_once("loop:" + loop.__name__, "cmdrdata: delivery thread failed")
                 if self._stopping.is_set() or self._stop_import.wait(pause):
                     return
                 pause = min(pause * 2, 30.0)
 
         return run
+
+    def damaged(self, damage: DamagedDatabase) -> None:
+        """Warn once per file: usage stays in the journal until the file is moved aside."""
+        warn_once(
+            "damaged:" + str(damage.path),
+            "cmdrdata: %s; usage stays in the journal: %s",
+            damage,
+            damage.advice,
+        )
 
     def _import_loop(self) -> None:
         store = self.open_store()
@@ -171,24 +204,41 @@ class Pipeline:
         finally:
             store.close()
 
-    def open_store(self) -> Any:
-        if self.mode == "ledger":
-            return _LedgerStore(self.ledger_path)
-        return Spool(self.spool_path)
+    def open_store(self) -> ImportTargets:
+        """Where the importer puts events: the spool, or a ledger (opened when first needed)."""
+        return ImportTargets(self.spool_path)
 
-    def import_journal(self, store: Any) -> int:
-        """Move every ready journal segment into the spool (or ledger); returns events moved."""
+    def import_journal(self, store: ImportTargets | Spool | None = None) -> int:
+        """Move every ready journal segment into the spool or a ledger, each by the identity
+        it was metered under; returns events moved. A segment whose store is damaged stays."""
+        if isinstance(store, ImportTargets):
+            targets = store
+        else:  # a spool of the caller's (or none yet): ledgers open for this call only
+            targets = ImportTargets(store.path if store else self.spool_path, store)
+        try:
+            return self._import_into(targets)
+        finally:
+            if targets is not store:
+                targets.close()
+
+    def _import_into(self, targets: ImportTargets) -> int:
         self.journal.rotate()
-        moved = 0
+        moved, spooled_before = 0, targets.spooled
         for path, fd in self.journal.ready_segments():
             try:
-                lines = read_lines(fd)
+                header, lines = read_segment(fd)
+                owner = identities.from_header(header)
+                targets.check(owner, self.ledger_path)  # a damaged store: before parsing
+                # the writer's settings, not this importer's, say how its spans become events
+                unattributed = (header or {}).get("unattributed")
+                if not isinstance(unattributed, str):
+                    unattributed = self.settings.unattributed_customer
                 events: list[tuple[str, str, dict[str, Any] | None]] = []
                 for line in lines:
                     try:
                         event = json.loads(line)
                         if "a" in event and "event_id" not in event:  # a span record
-                            event = span_record_to_event(event, self.settings.unattributed_customer)
+                            event = span_record_to_event(event, unattributed)
                             raw = json.dumps(event, separators=(",", ":"), allow_nan=False)
                         else:
                             raw = line.decode()
@@ -196,7 +246,13 @@ class Pipeline:
                     except (ValueError, KeyError, TypeError):
                         metrics.increment("events_malformed")
                         warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
-                added, dropped = store.put(events, self.max_bytes, self.settings.spool_overflow)
+                added, dropped = targets.put(
+                    owner, events, self.max_bytes, self.settings.spool_overflow, self.ledger_path
+                )
+            except DamagedDatabase as damage:
+                os.close(fd)  # the segment stays in the journal until the file is fixed
+                self.damaged(damage)
+                continue
             except Exception:
                 os.close(fd)
                 raise
@@ -212,7 +268,7 @@ class Pipeline:
                     dropped,
                 )
         self.journal.reconcile()
-        if moved:
+        if targets.spooled > spooled_before:
             self._wake_send.set()
         return moved
 
@@ -236,7 +292,7 @@ class Pipeline:
                     return
                 if self._stopping.is_set() and not last_call:
                     last_call = True
-                    spool.make_due()  # one more try for events waiting out a backoff
+                    spool.make_due(self.serves)  # one more try for events in a backoff
                 if not self.breaker.allow():
                     self._publish_state(spool)
                     if self._stopping.is_set():
@@ -246,7 +302,7 @@ class Pipeline:
                     continue
                 if self.send_round(spool, client):
                     continue
-                due_in = spool.next_due_in()
+                due_in = spool.next_due_in(self.serves)  # other identities are not ours
                 if self._stopping.is_set():
                     # a retry due before the deadline is still worth waiting for
                     if due_in is None or time.monotonic() + due_in >= self._deadline:
@@ -275,8 +331,15 @@ class Pipeline:
             limit = 1  # half-open: one probe
         # long enough to try every leased request once, timeouts included
         lease_s = (CONNECT_TIMEOUT + self.settings.timeout) * (1 if self.batch_size > 1 else limit)
-        leased = spool.lease(self.owner, limit, lease_s + LEASE_MARGIN_S)
+        # only this process's own identity's events (and those of unknown identity)
+        leased = spool.lease(self.owner, limit, lease_s + LEASE_MARGIN_S, self.serves)
         if leased:
+            if any(item.identity == identities.UNKNOWN for item in leased):
+                warn_once(
+                    "unknown-identity",
+                    "cmdrdata: delivering events spooled by an older version, which did not "
+                    "record their key, with this process's key and endpoint",
+                )
             if self.batch_size > 1 and len(leased) > 1:
                 self._deliver_batch(spool, client, leased)
             else:
@@ -384,7 +447,11 @@ class Pipeline:
         """Spool depth and size, dead letters, journal bytes (for /metrics)."""
         values: dict[str, float] = {"journal_bytes": float(self.journal.pending_bytes())}
         if self.mode == "deliver" and self.spool_path.exists():
-            spool = Spool(self.spool_path)
+            try:
+                spool = Spool(self.spool_path)
+            except DamagedDatabase as damage:
+                self.damaged(damage)
+                return values
             try:
                 stats = spool.stats()
             finally:
@@ -409,23 +476,28 @@ class Pipeline:
     # --- flush and shutdown ---------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
-        """Import the journal and wait until the spool holds nothing due (or ``timeout``)."""
+        """Import the journal and wait until the spool holds nothing of this process's due
+        (or ``timeout``). Other identities' events are theirs to deliver. Never raises for
+        a damaged spool or ledger: the events stay in the journal and it returns ``False``."""
         deadline = time.monotonic() + timeout
         store = self.open_store()
         try:
             self.import_journal(store)
             if self.mode == "ledger":
-                return True
+                return store.kept == 0
             if self.problem:
                 return False
             self.start()
             self._wake_send.set()
             while time.monotonic() < deadline:
-                stats = store.stats()
+                stats = store.spool().stats(self.serves)
                 if stats.due == 0 and (stats.depth == 0 or not self._threads):
-                    return bool(stats.depth == 0)
+                    return bool(stats.depth == 0) and store.kept == 0
                 self._wake_send.set()
                 self._stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+            return False
+        except DamagedDatabase as damage:
+            self.damaged(damage)
             return False
         finally:
             store.close()
@@ -493,17 +565,82 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-class _LedgerStore:
-    """The ledger behind the spool's ``put`` interface (no delivery: recorded is final)."""
+class ImportTargets:
+    """Where imported events go, by the identity they were metered under.
 
-    def __init__(self, path: Path) -> None:
-        self.conn = ledger_db.open_ledger(path)
+    Keyed usage goes to the spool, where it waits for a sender of that identity;
+    keyless usage goes to the ledger its segment names. Connections open when
+    first needed and stay open while the importer runs. A damaged file is not
+    tried again for a few seconds: its segments stay in the journal meanwhile.
+    """
+
+    def __init__(self, spool_path: Path, spool: Spool | None = None) -> None:
+        self.spool_path = spool_path
+        self._spool = spool
+        self._borrowed = spool is not None  # the caller's: not closed here
+        self._ledgers: dict[Path, sqlite3.Connection] = {}
+        self._damaged: dict[Path, tuple[float, DamagedDatabase]] = {}
+        self.spooled = self.recorded = 0  # events added, since these targets were opened
+        self.kept = 0  # segments left in the journal because their store is damaged
+
+    def spool(self) -> Spool:
+        if self._spool is None:
+            self._spool = Spool(self.spool_path)
+        return self._spool
+
+    def check(self, owner: identities.Identity, default_ledger: Path) -> tuple[bool, Path]:
+        """Whether ``owner``'s events are keyless, and their file; raises
+        :class:`DamagedDatabase` while that file is known to be damaged."""
+        keyless = owner.fingerprint == identities.LEDGER
+        target = Path(owner.ledger_path or default_ledger) if keyless else self.spool_path
+        retry_at, damage = self._damaged.get(target, (0.0, None))
+        if damage is not None and time.monotonic() < retry_at:
+            self.kept += 1
+            raise damage
+        return keyless, target
 
     def put(
-        self, events: list[tuple[str, str, dict[str, Any] | None]], max_bytes: int, policy: str
+        self,
+        owner: identities.Identity,
+        events: list[tuple[str, str, dict[str, Any] | None]],
+        max_bytes: int,
+        policy: str,
+        default_ledger: Path,
     ) -> tuple[int, int]:
-        rows = [(event, raw) for _, raw, event in events if event is not None]
-        return ledger_db.record(self.conn, rows), 0
+        """Store one segment's events; returns ``(added, dropped)``. Raises
+        :class:`DamagedDatabase` when their store is damaged."""
+        keyless, target = self.check(owner, default_ledger)
+        try:
+            if keyless:
+                conn = self._ledgers.get(target) or ledger_db.open_ledger(target)
+                self._ledgers[target] = conn
+                added = ledger_db.record(conn, [(e, raw) for _, raw, e in events if e is not None])
+                self.recorded += added
+                return added, 0
+            added, dropped = self.spool().put(events, max_bytes, policy, owner.fingerprint)
+            self.spooled += added
+            return added, dropped
+        except (sqlite3.DatabaseError, DamagedDatabase) as exc:
+            if not is_damage(exc):
+                raise
+            damage = exc if isinstance(exc, DamagedDatabase) else DamagedDatabase(target, str(exc))
+        self._forget(target)
+        self._damaged[target] = (time.monotonic() + DAMAGED_RETRY_S, damage)
+        self.kept += 1
+        raise damage
+
+    def _forget(self, target: Path) -> None:
+        """Drop the connection to a damaged file, so that a repaired one is opened afresh."""
+        with contextlib.suppress(Exception):
+            if target == self.spool_path and self._spool is not None and not self._borrowed:
+                self._spool.close()
+                self._spool = None
+            elif target in self._ledgers:
+                self._ledgers.pop(target).close()
 
     def close(self) -> None:
-        self.conn.close()
+        if self._spool is not None and not self._borrowed:
+            self._spool.close()
+        for conn in self._ledgers.values():
+            conn.close()
+        self._ledgers.clear()

@@ -11,6 +11,11 @@ another process sends the event again, with the same idempotency key.
 * ``dead_letters``: events the API refused for good, with the reason.
 * ``meta``: running byte total (kept by triggers) and the senders' shared state
   (circuit breaker, last error, last success) for ``doctor``.
+
+Every waiting event and dead letter carries the identity (:mod:`.identity`) of
+the process that metered it, and a sender leases only the events its own
+identity serves: apps with different keys or endpoints can share one spool.
+Rows of a spool made before identities existed get the unknown identity.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sqlite import connect
+from .identity import UNKNOWN
+from .sqlite import DamagedDatabase, connect, is_damage, run_script
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -35,7 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_attempt_at REAL NOT NULL DEFAULT 0,
     lease_owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    identity TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at, lease_until);
 CREATE TABLE IF NOT EXISTS delivered (
@@ -50,6 +57,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL,
     failed_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- a table of its own, so that dead_letters keeps the columns older versions insert
+CREATE TABLE IF NOT EXISTS dead_letter_identities (
+    event_id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('bytes', '0');
 CREATE TRIGGER IF NOT EXISTS events_bytes_in AFTER INSERT ON events BEGIN
@@ -60,6 +72,11 @@ CREATE TRIGGER IF NOT EXISTS events_bytes_out AFTER DELETE ON events BEGIN
 END;
 """
 
+# After the migration, so that a spool made before identities existed has the column.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS events_by_identity ON events (identity, seq);
+"""
+
 DELIVERED_KEEP_S = 7 * 24 * 3600
 
 
@@ -68,6 +85,7 @@ class Leased:
     event_id: str
     body: str
     attempts: int
+    identity: str = UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,37 @@ class Spool:
     """One connection to the spool (use one per thread)."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the spool; raises :class:`DamagedDatabase` if it is not one."""
         self.path = path
         self.conn: sqlite3.Connection = connect(path)
-        self.conn.executescript(SCHEMA)
+        run_script(self.conn, path, SCHEMA)
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if is_damage(exc):
+                raise DamagedDatabase(path, str(exc)) from None
+            raise
+        run_script(self.conn, path, INDEXES)
+
+    def _migrate(self) -> None:
+        """Give the events of a spool made before identities existed an identity column
+        (unknown for the rows already there). Older versions' statements still work."""
+        if self._has_identity():
+            return
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others see it done
+        try:
+            if not self._has_identity():
+                conn.execute("ALTER TABLE events ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _has_identity(self) -> bool:
+        columns = self.conn.execute("PRAGMA table_info(events)").fetchall()
+        return any(column[1] == "identity" for column in columns)
 
     def compact(self) -> None:
         """Return free pages to the file system (cheap; run when the queue is idle)."""
@@ -108,9 +154,14 @@ class Spool:
     # --- in ---------------------------------------------------------------------------------
 
     def put(
-        self, events: Iterable[tuple[str, str, object]], max_bytes: int, policy: str
+        self,
+        events: Iterable[tuple[str, str, object]],
+        max_bytes: int,
+        policy: str,
+        identity: str = UNKNOWN,
     ) -> tuple[int, int]:
-        """Spool ``(event_id, body, _)`` items; returns ``(added, dropped)`` (refused or evicted).
+        """Spool ``(event_id, body, _)`` items metered under ``identity``; returns
+        ``(added, dropped)`` (refused or evicted).
 
         Ids already waiting, delivered or dead-lettered are skipped. Past
         ``max_bytes``, ``drop-newest`` refuses new events and ``drop-oldest`` makes
@@ -141,8 +192,9 @@ class Spool:
                         dropped += 1
                         continue
                 conn.execute(
-                    "INSERT INTO events (event_id, body, size, created_at) VALUES (?, ?, ?, ?)",
-                    (event_id, body, size, now),
+                    "INSERT INTO events (event_id, body, size, created_at, identity) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (event_id, body, size, now, identity),
                 )
                 total += size
                 added += 1
@@ -170,16 +222,21 @@ class Spool:
 
     # --- out --------------------------------------------------------------------------------
 
-    def lease(self, owner: str, limit: int, lease_s: float) -> list[Leased]:
-        """Claim up to ``limit`` due events for ``lease_s`` seconds, oldest first."""
+    def lease(
+        self, owner: str, limit: int, lease_s: float, identities: Sequence[str] = (UNKNOWN,)
+    ) -> list[Leased]:
+        """Claim up to ``limit`` due events of ``identities`` for ``lease_s`` seconds,
+        oldest first."""
         now = time.time()
         conn = self.conn
+        where, params = _of(identities)
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                "SELECT seq, event_id, body, attempts FROM events "
-                "WHERE next_attempt_at <= ?1 AND lease_until <= ?1 ORDER BY seq LIMIT ?2",
-                (now, limit),
+                "SELECT seq, event_id, body, attempts, identity FROM events "
+                f"WHERE next_attempt_at <= ? AND lease_until <= ? AND {where} "
+                "ORDER BY seq LIMIT ?",
+                (now, now, *params, limit),
             ).fetchall()
             if rows:
                 conn.executemany(
@@ -190,7 +247,7 @@ class Spool:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return [Leased(event_id, body, attempts) for _, event_id, body, attempts in rows]
+        return [Leased(*row[1:]) for row in rows]
 
     def ack(self, event_ids: Sequence[str]) -> None:
         now = time.time()
@@ -246,10 +303,16 @@ class Spool:
             ]
         )
 
-    def make_due(self) -> None:
-        """Every waiting, unleased event is due now (a last attempt before the process exits)."""
+    def make_due(self, identities: Sequence[str] | None = None) -> None:
+        """Every waiting, unleased event (of ``identities``) is due now (a last attempt)."""
+        where, params = _of(identities)
         self._write(
-            [("UPDATE events SET next_attempt_at = 0 WHERE lease_until <= ?", (time.time(),))]
+            [
+                (
+                    f"UPDATE events SET next_attempt_at = 0 WHERE lease_until <= ? AND {where}",
+                    (time.time(), *params),
+                )
+            ]
         )
 
     def release(self, event_ids: Sequence[str]) -> None:
@@ -269,6 +332,11 @@ class Spool:
                     "SELECT event_id, body, ?, ?, attempts + 1, ? FROM events WHERE event_id = ?",
                     (reason[:500], status, time.time(), event_id),
                 ),
+                (
+                    "INSERT OR REPLACE INTO dead_letter_identities "
+                    "SELECT event_id, identity FROM events WHERE event_id = ?",
+                    (event_id,),
+                ),
                 ("DELETE FROM events WHERE event_id = ?", (event_id,)),
             ]
         )
@@ -287,16 +355,19 @@ class Spool:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                f"SELECT event_id, body FROM dead_letters {where}", params
+                "SELECT event_id, body, COALESCE(identity, '') FROM dead_letters "
+                f"LEFT JOIN dead_letter_identities USING (event_id) {where}",
+                params,
             ).fetchall()
             now = time.time()
-            for event_id, body in rows:
+            for event_id, body, identity in rows:  # back to the sender of their own identity
                 conn.execute(
-                    "INSERT OR IGNORE INTO events (event_id, body, size, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (event_id, body, len(body), now),
+                    "INSERT OR IGNORE INTO events (event_id, body, size, created_at, identity) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (event_id, body, len(body), now, identity),
                 )
                 conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
+                conn.execute("DELETE FROM dead_letter_identities WHERE event_id = ?", (event_id,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -315,21 +386,25 @@ class Spool:
     def prune_delivered(self, keep_s: float = DELIVERED_KEEP_S) -> None:
         self._write([("DELETE FROM delivered WHERE delivered_at < ?", (time.time() - keep_s,))])
 
-    def next_due_in(self) -> float | None:
-        """Seconds until the next event is due (0 if one is due now), ``None`` if empty."""
+    def next_due_in(self, identities: Sequence[str] | None = None) -> float | None:
+        """Seconds until the next event (of ``identities``) is due (0 if one is due now),
+        ``None`` if there is none."""
+        where, params = _of(identities)
         row = self.conn.execute(
-            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM events"
+            f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM events WHERE {where}", params
         ).fetchone()
         if row is None or row[0] is None:
             return None
         return max(0.0, float(row[0]) - time.time())
 
-    def stats(self) -> Stats:
+    def stats(self, identities: Sequence[str] | None = None) -> Stats:
+        """Counts for the events of ``identities`` (all events when ``None``)."""
         now = time.time()
+        where, params = _of(identities)
         depth, due, oldest = self.conn.execute(
-            "SELECT COUNT(*), SUM(next_attempt_at <= ?1 AND lease_until <= ?1), MIN(created_at) "
-            "FROM events",
-            (now,),
+            "SELECT COUNT(*), SUM(next_attempt_at <= ? AND lease_until <= ?), MIN(created_at) "
+            f"FROM events WHERE {where}",
+            (now, now, *params),
         ).fetchone()
         dead = self.conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         return Stats(
@@ -339,6 +414,14 @@ class Spool:
             dead_letters=int(dead),
             oldest_age_s=(now - oldest) if oldest is not None else None,
         )
+
+    def waiting_by_identity(self) -> dict[str, tuple[int, float]]:
+        """For each identity with waiting events: how many, and the oldest one's age in s."""
+        now = time.time()
+        rows = self.conn.execute(
+            "SELECT identity, COUNT(*), MIN(created_at) FROM events GROUP BY identity"
+        ).fetchall()
+        return {identity: (int(count), now - float(oldest)) for identity, count, oldest in rows}
 
     # --- shared state for doctor ------------------------------------------------------------
 
@@ -353,3 +436,12 @@ class Spool:
     def state(self) -> dict[str, object]:
         rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'state.%'").fetchall()
         return {key[len("state.") :]: json.loads(value) for key, value in rows}
+
+
+def _of(identities: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    """An SQL condition for "the event is one of these identities" (``None``: any)."""
+    if identities is None:
+        return "1", ()
+    if not identities:
+        return "0", ()
+    return f"identity IN ({','.join('?' * len(identities))})", tuple(identities)
