@@ -1,4 +1,4 @@
-"""``cmdrdata-autotrack COMMAND``: report usage, check the set-up, deliver the spool."""
+"""``cmdrdata-autotrack COMMAND``: report and reconcile usage, check the set-up, flush the spool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import doctor, flush, report
+from . import doctor, flush, reconcile, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmdrdata-autotrack {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     report.add_parser(commands)
+    reconcile.add_parser(commands)
     doctor.add_parser(commands)
     flush.add_parser(commands)
     flush.add_dead_letters_parser(commands)

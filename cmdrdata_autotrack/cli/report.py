@@ -3,7 +3,8 @@
 Reads the SQLite ledger the agent writes when no cmdrdata API key is set (it
 never creates or changes it), sums calls and tokens per customer and model, and
 prices them with :mod:`cmdrdata_autotrack.pricing` (OpenAI list prices: an
-estimate, not a bill). Output: an aligned table (default), JSON or CSV.
+estimate, not a bill). Output: an aligned table (default), JSON, CSV or an HTML
+page; every output reads the same rows (:mod:`.usage_query`).
 """
 
 from __future__ import annotations
@@ -13,28 +14,45 @@ import csv
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..config import Settings
 from ..paths import ledger_path
-from ..pricing import ModelPrice, PriceTable, cost, load_prices
+from ..pricing import PriceTable, load_prices
+from . import html_report
+from .usage_query import (
+    GROUPINGS,
+    LedgerProblem,
+    ReportRow,
+    UsageReport,
+    format_cost,
+    load_report,
+    summarize,
+    total,
+)
+
+__all__ = [
+    "GROUPINGS",
+    "ReportRow",
+    "add_parser",
+    "format_cost",
+    "parse_time",
+    "run",
+    "summarize",
+    "total",
+]
 
 PRICES_ENV = "CMDRDATA_PRICES_FILE"
-GROUPINGS = ("customer,model", "customer", "model")
 MAX_TABLE_TEXT = 40  # widest customer/model cell in the table (JSON and CSV are never cut)
 MAX_NAMED_MODELS = 8  # models without a price named in the table's footer
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# Rows whose units may carry a non-token price (images, audio minutes, speech characters).
-_UNIT_KEYS = ("image_count", "audio_seconds", "input_characters")
 
 DESCRIPTION = """\
 Usage and estimated cost per customer and model, from the local ledger
@@ -60,6 +78,11 @@ output:
          unpriced_models.
   --csv  a header and one line per row (no total line); estimated_cost is empty when
          the model has no price.
+  --html FILE
+         one self-contained page (no network): usage and cost per day and customer,
+         the top customers and models, cached and estimated shares, failed calls, and
+         the table above; with --reconcile FILE (from reconcile --json), metered vs
+         billed per day. Printable.
 
 costs:
   Estimates from the shipped table of OpenAI list prices, not your bill. --prices FILE
@@ -72,192 +95,8 @@ examples:
   cmdrdata-autotrack report
   cmdrdata-autotrack report --since 7d --by customer
   cmdrdata-autotrack report --since 2026-11-01 --until 2026-12-01 --customer acme --csv
+  cmdrdata-autotrack report --since 30d --html usage.html
 """
-
-
-# --- the numbers --------------------------------------------------------------------------
-
-
-@dataclass
-class ReportRow:
-    """Usage of one customer and/or model (``None`` when the report is not grouped by it)."""
-
-    customer: str | None
-    model: str | None
-    calls: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
-    estimated_calls: int = 0
-    failed_calls: int = 0
-    cost: float | None = None  # estimated cost of the priced calls; None if none has a price
-    unpriced_calls: int = 0  # calls to models without a price (not in ``cost``)
-    unpriced_models: tuple[str, ...] = field(default=())
-
-    def add(self, other: ReportRow) -> None:
-        self.calls += other.calls
-        self.input_tokens += other.input_tokens
-        self.cached_input_tokens += other.cached_input_tokens
-        self.output_tokens += other.output_tokens
-        self.reasoning_tokens += other.reasoning_tokens
-        self.total_tokens += other.total_tokens
-        self.estimated_calls += other.estimated_calls
-        self.failed_calls += other.failed_calls
-        if other.cost is not None:
-            self.cost = (self.cost or 0.0) + other.cost
-        self.unpriced_calls += other.unpriced_calls
-        self.unpriced_models = tuple(sorted({*self.unpriced_models, *other.unpriced_models}))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.customer is not None:
-            out["customer"] = self.customer
-        if self.model is not None:
-            out["model"] = self.model
-        out.update(
-            calls=self.calls,
-            input_tokens=self.input_tokens,
-            cached_input_tokens=self.cached_input_tokens,
-            output_tokens=self.output_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            total_tokens=self.total_tokens,
-            estimated_calls=self.estimated_calls,
-            failed_calls=self.failed_calls,
-            estimated_cost=None if self.cost is None else round(self.cost, 8),
-            unpriced_calls=self.unpriced_calls,
-            unpriced_models=list(self.unpriced_models),
-        )
-        return out
-
-
-_TOTALS_SQL = """
-SELECT customer_id, model, COUNT(*),
-    SUM(input_tokens), SUM(cached_input_tokens), SUM(output_tokens), SUM(reasoning_tokens),
-    SUM(total_tokens), SUM(estimated != 0), SUM(success = 0),
-    SUM(MAX(input_tokens, 0)),
-    SUM(MAX(MIN(cached_input_tokens, input_tokens), 0)),
-    SUM(MAX(output_tokens, 0)),
-    SUM(MAX(MIN(reasoning_tokens, output_tokens), 0))
-FROM usage {where}
-GROUP BY customer_id, model
-"""
-
-_UNITS_SQL = """
-SELECT customer_id, model, units FROM usage {where} AND ({units})
-"""
-
-
-def summarize(
-    conn: sqlite3.Connection,
-    since: float | None,
-    until: float | None,
-    customer: str | None,
-    prices: PriceTable,
-    *,
-    by: str = "customer,model",
-) -> list[ReportRow]:
-    """Usage rows of the ledger in ``[since, until)`` (unix seconds), grouped ``by``.
-
-    ``by`` is ``"customer,model"``, ``"customer"`` or ``"model"``. Rows are sorted by
-    customer, then model. Each call is priced by its model (see
-    :meth:`PriceTable.for_model`); calls to models without a price are counted in
-    ``unpriced_calls`` and left out of ``cost``.
-    """
-    if by not in GROUPINGS:
-        raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, not {by!r}")
-    clauses: list[str] = ["1 = 1"]
-    params: list[str | float] = []
-    if since is not None:
-        clauses.append("timestamp >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("timestamp < ?")
-        params.append(until)
-    if customer is not None:
-        clauses.append("customer_id = ?")
-        params.append(customer)
-    where = "WHERE " + " AND ".join(clauses)
-
-    base: dict[tuple[str, str], ReportRow] = {}
-    model_prices: dict[str, ModelPrice | None] = {}
-    for r in conn.execute(_TOTALS_SQL.format(where=where), params):
-        customer_id, model = str(r[0]), str(r[1])
-        counts = [int(v or 0) for v in r[2:10]]
-        row = ReportRow(
-            customer_id,
-            model,
-            calls=counts[0],
-            input_tokens=counts[1],
-            cached_input_tokens=counts[2],
-            output_tokens=counts[3],
-            reasoning_tokens=counts[4],
-            total_tokens=counts[5],
-            estimated_calls=counts[6],
-            failed_calls=counts[7],
-        )
-        price = model_prices[model] = prices.for_model(model)
-        if price is None:
-            row.unpriced_calls, row.unpriced_models = row.calls, (model,)
-        else:
-            row.cost = cost(
-                price,
-                input_tokens=r[10] or 0,
-                cached_input_tokens=r[11] or 0,
-                output_tokens=r[12] or 0,
-                reasoning_tokens=r[13] or 0,
-                units={},
-            )
-        base[customer_id, model] = row
-
-    # Images, audio minutes and speech characters: priced call by call (size, quality vary).
-    units_sql = " OR ".join("units LIKE ?" for _ in _UNIT_KEYS)
-    units_params = [*params, *(f'%"{key}"%' for key in _UNIT_KEYS)]
-    for customer_id, model, units_text in conn.execute(
-        _UNITS_SQL.format(where=where, units=units_sql), units_params
-    ):
-        priced = base.get((str(customer_id), str(model)))
-        price = model_prices.get(str(model))
-        if priced is None or price is None or priced.cost is None:
-            continue
-        try:
-            units = json.loads(units_text)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(units, dict):
-            priced.cost += cost(
-                price,
-                input_tokens=0,
-                cached_input_tokens=0,
-                output_tokens=0,
-                reasoning_tokens=0,
-                units=units,
-            )
-
-    if by == "customer,model":
-        rows = list(base.values())
-    else:
-        grouped: dict[str, ReportRow] = {}
-        for (customer_id, model), row in base.items():
-            key = customer_id if by == "customer" else model
-            if key not in grouped:
-                grouped[key] = ReportRow(
-                    customer_id if by == "customer" else None,
-                    model if by == "model" else None,
-                )
-            grouped[key].add(row)
-        rows = list(grouped.values())
-    rows.sort(key=lambda r: (r.customer or "", r.model or ""))
-    return rows
-
-
-def total(rows: Iterable[ReportRow]) -> ReportRow:
-    """The sum of ``rows`` (customer and model ``None``)."""
-    out = ReportRow(None, None)
-    for row in rows:
-        out.add(row)
-    return out
 
 
 # --- times ----------------------------------------------------------------------------------
@@ -310,15 +149,6 @@ def _iso(seconds: float | None) -> str | None:
 
 
 # --- output ---------------------------------------------------------------------------------
-
-
-def format_cost(value: float | None) -> str:
-    """4 decimals (6 below a tenth of a cent, so small amounts do not read as zero)."""
-    if value is None:
-        return "-"
-    if 0 < value < 0.001:
-        return f"{value:.6f}"
-    return f"{value:,.4f}"
 
 
 def _cut(text: str) -> str:
@@ -493,6 +323,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="write JSON (see output)")
     fmt.add_argument("--csv", action="store_true", help="write CSV (see output)")
+    fmt.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML page to FILE (see output)"
+    )
+    parser.add_argument(
+        "--reconcile",
+        metavar="FILE",
+        help="with --html: add metered vs billed per day from FILE "
+        "(the output of cmdrdata-autotrack reconcile --json)",
+    )
     parser.add_argument(
         "--ledger",
         metavar="PATH",
@@ -539,22 +378,33 @@ def run(args: argparse.Namespace) -> int:
         source = f" ({PRICES_ENV})" if not getattr(args, "prices", None) else ""
         return _error(f"cannot use the prices file{source}: {exc}")
 
-    rows: list[ReportRow] | None = None
-    if path.is_file():
+    html_file: str | None = getattr(args, "html", None)
+    reconciled: dict[str, object] | None = None
+    reconcile_file: str | None = getattr(args, "reconcile", None)
+    if reconcile_file and not html_file:
+        return _error("--reconcile goes with --html")
+    if reconcile_file:
         try:
-            conn = sqlite3.connect(str(path), timeout=10.0)
-        except sqlite3.Error as exc:
-            return _error(f"cannot open the ledger {path}: {exc}")
+            reconciled = html_report.load_reconciliation(Path(reconcile_file))
+        except (OSError, ValueError) as exc:
+            return _error(f"cannot use the reconciliation {reconcile_file}: {exc}")
+
+    try:
+        report = load_report(path, since, until, customer, prices, per_day=bool(html_file))
+    except LedgerProblem as exc:
+        return _error(str(exc))
+    rows: list[ReportRow] | None = None if report is None else report.by(by)
+
+    if html_file:
+        if report is None:
+            report = UsageReport(path, since, until, customer, prices, [], [])
+        page = html_report.render(report, reconciled, title_period=_period(since, until))
         try:
-            has_table = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'"
-            ).fetchone()
-            if has_table and conn.execute("SELECT 1 FROM usage LIMIT 1").fetchone():
-                rows = summarize(conn, since, until, customer, prices, by=by)
-        except sqlite3.Error as exc:
-            return _error(f"cannot read the ledger {path}: {exc}")
-        finally:
-            conn.close()
+            Path(html_file).write_text(page, encoding="utf-8")
+        except OSError as exc:
+            return _error(f"cannot write {html_file}: {exc}")
+        print(f"Wrote the report to {html_file}.")
+        return 0
 
     out = sys.stdout
     if rows is None:
