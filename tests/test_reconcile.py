@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai_admin import ADMIN_KEY, FakeOpenAIAdmin
 
 from cmdrdata_autotrack.cli import main as cli
 from cmdrdata_autotrack.export.ledger import open_ledger, record
@@ -32,6 +31,7 @@ from cmdrdata_autotrack.reconcile.scope import matches
 from cmdrdata_autotrack.reconcile.usage_api import AdminAPI, AdminAPIError, ProjectKey
 
 from fake_openai import FakeOpenAI
+from fake_openai_admin import ADMIN_KEY, FakeOpenAIAdmin
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "cmdrdata-autotrack")
