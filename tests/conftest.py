@@ -159,3 +159,20 @@ def aclient(fake: FakeOpenAI) -> Any:
     import openai
 
     return openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test-key", max_retries=0)
+
+
+def system_tool(name: str, *alternatives: str) -> str | None:
+    """The path of a system program a test drives for real, or ``None`` (the test skips).
+
+    Under CI (``CMDRDATA_REQUIRE_SYSTEM_TOOLS=1``, set by tests/run.sh) a missing
+    program is an error instead: the install step in tests/run.sh must have run.
+    """
+    import shutil
+
+    for candidate in (name, *alternatives):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    if os.environ.get("CMDRDATA_REQUIRE_SYSTEM_TOOLS") == "1":
+        raise RuntimeError(f"{name} is required under CI; tests/run.sh installs it")
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 import time
@@ -27,6 +26,8 @@ from cmdrdata_autotrack.reconcile.compare import compare
 from cmdrdata_autotrack.reconcile.metered import CallReader, aggregate
 from cmdrdata_autotrack.reconcile.model import CostRecord, Units, UsageRecord
 from cmdrdata_autotrack.reconcile.render import Context, render_json
+
+from conftest import system_tool
 
 DAY = 86400
 START = int(datetime(2026, 11, 2, tzinfo=timezone.utc).timestamp())
@@ -223,7 +224,7 @@ def test_html_without_usage_and_bad_reconciliation_files(
 
 # --- in a real browser ----------------------------------------------------------------------------
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+CHROMIUM = system_tool("chromium", "chromium-browser")
 
 
 def reconciliation(path: Path) -> Path:
