@@ -7,19 +7,63 @@ never read. The closures hold the response itself: the cycle this makes is
 freed by the garbage collector (as the SDK's own ``Stream`` cycle is), and a
 weak reference would already be dead when httpx closes the body during that
 collection.
+
+An observer that leaves bytes out (the injected usage chunk) reads the body as
+it arrives; a ``chunk_size`` the caller asked for is then applied to what it
+hands on, so the caller still gets chunks of exactly that size.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any
+
+from .observers import SSEObserver
 
 if TYPE_CHECKING:
     from .call import MeteredCall
 
 
-def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]:
+def _cuts_bytes_out(call: MeteredCall) -> bool:
+    """Whether the observer may leave bytes out (so a chunk size is applied after it)."""
+    return isinstance(call.observer, SSEObserver) and call.observer.hide_usage_chunk
+
+
+def _rechunk_sync(source: Generator[bytes, None, None], size: int) -> Iterator[bytes]:
+    """``source``'s bytes in ``size``-byte chunks (the last one shorter), as httpx yields them."""
+    buffer = bytearray()
+    try:
+        for piece in source:
+            buffer += piece
+            if len(buffer) >= size:
+                whole = len(buffer) - len(buffer) % size
+                for start in range(0, whole, size):
+                    yield bytes(buffer[start : start + size])
+                del buffer[:whole]
+        if buffer:
+            yield bytes(buffer)
+    finally:
+        source.close()  # a caller closing early closes the observing generator now
+
+
+async def _rechunk_async(source: AsyncGenerator[bytes, None], size: int) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    try:
+        async for piece in source:
+            buffer += piece
+            if len(buffer) >= size:
+                whole = len(buffer) - len(buffer) % size
+                for start in range(0, whole, size):
+                    yield bytes(buffer[start : start + size])
+                del buffer[:whole]
+        if buffer:
+            yield bytes(buffer)
+    finally:
+        await source.aclose()
+
+
+def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Generator[bytes, None, None]:
     observer = call.observer
     assert observer is not None
     feed = observer.feed
@@ -47,7 +91,9 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Iterator[bytes]
     call.finish_stream("completed")
 
 
-async def _observe_async(source: AsyncIterator[bytes], call: MeteredCall) -> AsyncIterator[bytes]:
+async def _observe_async(
+    source: AsyncIterator[bytes], call: MeteredCall
+) -> AsyncGenerator[bytes, None]:
     observer = call.observer
     assert observer is not None
     feed = observer.feed
@@ -79,6 +125,8 @@ def tap_sync(response: Any, call: MeteredCall) -> None:
     cls = type(response)
 
     def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        if chunk_size and _cuts_bytes_out(call):
+            return _rechunk_sync(_observe_sync(cls.iter_bytes(response), call), chunk_size)
         return _observe_sync(cls.iter_bytes(response, chunk_size), call)
 
     def close() -> None:
@@ -97,6 +145,8 @@ def tap_async(response: Any, call: MeteredCall) -> None:
     cls = type(response)
 
     def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        if chunk_size and _cuts_bytes_out(call):
+            return _rechunk_async(_observe_async(cls.aiter_bytes(response), call), chunk_size)
         return _observe_async(cls.aiter_bytes(response, chunk_size), call)
 
     async def aclose() -> None:

@@ -13,6 +13,12 @@ the caller keeps the SDK's own ``Stream`` / ``APIResponse`` object untouched.
   chunks it would have seen without the agent.
 * :class:`BodyObserver` keeps the head and tail of a JSON body read through a
   streaming response and extracts usage when it ends.
+
+Events are framed as the SSE specification says (and as the SDK reads them): a
+line ends with CRLF, LF or CR (a CRLF may be split across two reads), an empty
+line ends an event, a leading UTF-8 BOM is not part of the first line, and an
+event's data is its ``data`` field lines (one optional space after the colon)
+joined by LF.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from ...usage.extract import Extractor, extract_stream_event, field
 from ...usage.model import ResponseInfo, Usage
 
-_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,64})"')
 _DELTA = re.compile(rb'"(?:content|delta|text)"\s*:\s*"(?!")')
 # An error event: OpenAI's {"error": {...}} data, an `event: error` line, or {"type": "error"}.
@@ -33,15 +39,14 @@ _ERROR_MARKERS = (
     b'"error":{',
     b'"error": {',
     b"event: error",
+    b"event:error",
     b'"type":"error"',
     b'"type": "error"',
 )
 END_WINDOW = 16 * 1024
-_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
 _USAGE_TEXT = re.compile(r'"usage"\s*:\s*\{')
 _HEAD_MODEL = re.compile(r'"model"\s*:\s*"([^"]{1,256})"')
 _HEAD_ID = re.compile(r'"id"\s*:\s*"([^"]{1,256})"')
-_TERMINAL = (b"data: [DONE]", b"data:[DONE]")
 # Event types that end a stream (besides ``data: [DONE]``).
 _TERMINAL_TYPES = (
     b'"response.completed"',
@@ -54,22 +59,45 @@ _TERMINAL_TYPES = (
 )
 _TERMINAL_TYPE_NAMES = frozenset(t.strip(b'"').decode() for t in _TERMINAL_TYPES)
 
+# --- SSE framing --------------------------------------------------------------------------
 
-def _last_boundary(buf: bytes) -> int:
-    """Index just past the last event separator in ``buf``, or -1."""
-    lf = buf.rfind(b"\n\n")
-    crlf = buf.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+_BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_CR_AS_LF = bytes.maketrans(b"\r", b"\n")
+# An empty line: a line end right after a line end. A CRLF is one line end, never CR + LF.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+# How a read that ends exactly at an event boundary (an empty line) ends.
+_ENDS_AT_EVENT = (b"\n\n", b"\n\r\n", b"\r\r\n", b"\r\r", b"\n\r")
+_JSON_SPACE = b" \t\r\n"
+# A "usage" key with an object value. Between the tokens: JSON whitespace, or the line
+# break and `data:` of a data field spread over several lines.
+_GAP = rb"(?:\s|data:)*"
+_USAGE_OBJECT = re.compile(rb'"usage"' + _GAP + rb":" + _GAP + rb"\{")
+_OBJECT_VALUE = re.compile(_GAP + rb":" + _GAP + rb"\{").match
+ESCAPED_KEY_EVENTS = 16  # how many last events are parsed for a "usage" key spelled with escapes
+_EMPTY_ARRAY = re.compile(rb"\[(?:[\s\]]|\Z)").search  # "[" then "]", whitespace or the end
+_DECODER = json.JSONDecoder()
+
+
+def data_field(event: bytes) -> bytes | None:
+    """The ``data`` of one event as the SDK reads it, or ``None`` when it has no data line."""
+    values: list[bytes] = []
+    for line in event.splitlines():  # bytes split on CRLF, LF and CR only
+        if line[:4] == b"data":
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                values.append(value[1:] if value[:1] == b" " else value)
+    return b"\n".join(values) if values else None
 
 
 def event_data(event: bytes) -> Any:
-    """The JSON of an event's ``data:`` lines, or ``None``."""
-    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
-    if not lines:
+    """The JSON of an event's data (decoded as UTF-8, as the SDK does), or ``None``."""
+    data = data_field(event)
+    if data is None:
         return None
     try:
-        return json.loads(b"\n".join(lines))
-    except ValueError:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
         return None
 
 
@@ -83,22 +111,94 @@ def is_usage_only_chunk(data: Any) -> bool:
     )
 
 
+def may_be_usage_only_chunk(events: bytes) -> bool:
+    """False when no event in ``events`` can be a usage-only chunk (a byte search or two).
+
+    Such a chunk has ``"choices": []``, so an empty array (``[`` then ``]`` or
+    whitespace: a line end when its data spans lines), and a ``usage`` key, spelled
+    plainly or with escapes. Whatever passes is decided on its parsed JSON.
+    """
+    if _EMPTY_ARRAY(events) is None:
+        return False
+    if b"usage" not in events and b"\\" not in events:
+        return False
+    # One "choices" key, whose list has an item: a real chunk (keys need \u to be escaped).
+    return not (
+        b'"choices":[{' in events and events.count(b'"choices"') == 1 and b"\\u" not in events
+    )
+
+
+def _known_not_usage_only(lines: bytes) -> bool:
+    """Whether the complete lines of an unfinished event already rule out a usage-only chunk.
+
+    Its data can only grow, so data that does not start an object rules it out,
+    and so does a complete object that is not one (more data makes it invalid).
+    """
+    data = data_field(lines)
+    if data is None:
+        return False
+    text = data.lstrip(_JSON_SPACE)
+    if not text:
+        return False
+    if text[:1] != b"{":
+        return True
+    if not text.rstrip(_JSON_SPACE).endswith(b"}"):
+        return False  # the object cannot be complete yet
+    try:
+        value, _ = _DECODER.raw_decode(text.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return not is_usage_only_chunk(value)
+
+
+def _one_line_end(data: bytes) -> bytes:
+    """``data`` with every line end (CRLF, CR, LF) written as LF: events end at LF LF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in data else data
+
+
+def _events_backwards(text: bytes, first: int, limit: int) -> Iterator[bytes]:
+    """The last ``limit`` events of ``text`` (LF line ends) from ``first`` on, last first."""
+    stop = len(text)
+    while stop > first and limit > 0:
+        cut = text.rfind(b"\n\n", first, stop)
+        yield text[cut + 2 if cut >= 0 else first : stop]
+        if cut < 0:
+            return
+        stop, limit = cut, limit - 1
+
+
 class SSEObserver:
     """Watches a server-sent event stream at a couple of byte searches per chunk.
 
     Per chunk it only keeps a bounded tail of the bytes; the first event is
     parsed once (model, id); everything else (usage, finish reasons, content
     deltas for estimates, how the stream ended) is read from the tail when the
-    stream ends. When hiding the injected usage chunk it also holds back the
-    incomplete last event of each chunk, so that event can be cut out whole.
+    stream ends.
+
+    When hiding the injected usage chunk it also frames the events as they pass.
+    A read that ends at an event boundary and cannot hold a usage-only chunk is
+    handed on as it is (the usual case). Otherwise each event is handed on as soon
+    as it is known not to be a usage-only chunk; the only bytes held back are
+    those of the one unfinished event that may still turn out to be one, and at
+    most :attr:`HOLD_LIMIT` of them: a longer event is handed on.
     """
 
     __slots__ = (
+        "_bom",
+        "_checked",
+        "_clean",
+        "_cr",
         "_done",
+        "_drop_lf",
         "_head",
+        "_held",
+        "_hidden_usage",
+        "_mid_line",
         "_reasons",
+        "_released",
         "_tail",
         "_tail_bytes",
+        "_truncated",
         "content_events",
         "error",
         "failed",
@@ -106,16 +206,15 @@ class SSEObserver:
         "hidden",
         "hide_usage_chunk",
         "info",
-        "pending",
         "terminal",
         "usage",
     )
     TAIL_LIMIT = 512 * 1024  # the usage event is at the end; a final Responses event fits
+    HOLD_LIMIT = 64 * 1024  # a usage-only chunk is well under 2 KiB
 
     def __init__(self, family: str, hide_usage_chunk: bool) -> None:
         self.family = family
         self.hide_usage_chunk = hide_usage_chunk
-        self.pending = b""
         self.usage: Usage | None = None
         self.info = ResponseInfo()
         self.content_events = 0
@@ -123,11 +222,27 @@ class SSEObserver:
         self.error = False
         self.hidden = False
         self.failed = False  # an internal error turned the observer into a pass-through
-        self._head: bytes | None = b""  # None once the first event was read
+        self._head: bytearray | None = bytearray()  # None once the first data event was read
         self._tail: deque[bytes] = deque()
         self._tail_bytes = 0
+        self._truncated = False  # the tail lost its first bytes (it starts mid-event)
         self._reasons: list[str] = []
         self._done = False
+        self._hidden_usage: Usage | None = None
+        # The framing state while hiding:
+        self._held = bytearray()  # the unfinished event that may be a usage-only chunk
+        self._released = False  # the unfinished event is known not to be one: it flows on
+        self._checked = 0  # how much of it was held when its lines were last looked at
+        self._mid_line = False  # the last read ended inside a line
+        self._cr = False  # the last read ended with CR (a leading LF completes its CRLF)
+        self._drop_lf = False  # ...and that CR ended a hidden event: such an LF is its own
+        self._bom: bytes | None = b""  # the first bytes, while they may be a BOM; then None
+        self._clean = True  # at an event start, nothing held: whole events may pass as they are
+
+    @property
+    def held_back(self) -> int:
+        """How many bytes are held back, waiting for the end of their event."""
+        return len(self._held)
 
     def feed(self, chunk: bytes) -> bytes:
         """Observe ``chunk``; return the bytes to hand on (``chunk`` itself unless hiding)."""
@@ -139,24 +254,172 @@ class SSEObserver:
             except Exception:
                 self.failed = True
             return chunk
-        buf = self.pending + chunk if self.pending else chunk
+        held, held_size, bom = self._held, len(self._held), self._bom
         try:
-            if buf.endswith(b"\n\n"):  # the usual case: a chunk of whole events
-                block, self.pending = buf, b""
-            else:
-                cut = _last_boundary(buf)
-                if cut < 0:
-                    self.pending = buf
-                    return b""
-                block, self.pending = buf[:cut], buf[cut:]
-            self._scan(block)
-            if b'"usage":{' in block or b'"usage": {' in block:
-                block = self._cut_usage_chunk(block)
+            self._scan(chunk)
+            if (
+                self._clean
+                and chunk.endswith(_ENDS_AT_EVENT)
+                and not may_be_usage_only_chunk(chunk)
+            ):  # whole events, none of them a usage-only chunk: handed on as they are
+                if self._cr or chunk[-1] == 13:  # CR line ends: a CRLF may straddle two reads
+                    if self._drop_lf and chunk[:1] == b"\n":
+                        return self._frame(chunk)
+                    self._cr, self._drop_lf = chunk[-1] == 13, False
+                self._bom = None
+                return chunk
+            return self._frame(chunk) if chunk else chunk
         except Exception:
-            # Never let observation change the stream: hand on everything held back.
-            self.failed, self.pending = True, b""
-            return buf
-        return block
+            # Never let observation change the stream: hand on everything held back (a held
+            # event only ever grows in place; nothing of this chunk was handed on yet).
+            self.failed, self._held, self._bom = True, bytearray(), None
+            return (bom or b"") + bytes(held[:held_size]) + chunk
+
+    def _frame(self, chunk: bytes) -> bytes:
+        """Hand on ``chunk`` event by event, leaving out usage-only chunks."""
+        out: list[bytes] = []
+        if self._bom is not None:  # a leading BOM is handed on: it is not part of a line
+            chunk = self._bom + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._bom, self._clean = chunk, False
+                return b""
+            self._bom = None
+            if chunk.startswith(_BOM):
+                out.append(_BOM)
+                chunk = chunk[len(_BOM) :]
+        if self._cr:
+            if chunk[:1] == b"\n":  # the LF of a CRLF: it goes where its CR went
+                chunk = chunk[1:]
+                if self._drop_lf:
+                    pass
+                elif self._held:
+                    self._held += b"\n"
+                else:
+                    out.append(b"\n")
+            self._cr = self._drop_lf = False
+        if not chunk:
+            return b"".join(out)
+        # Find the events' ends with byte searches where the line ends are all alike.
+        if b"\r" not in chunk:
+            hidden_last = self._split(chunk, chunk, b"\n", out)
+        elif b"\n" not in chunk:
+            hidden_last = self._split(chunk, chunk.translate(_CR_AS_LF), b"\n", out)
+        elif chunk.count(b"\r") == chunk.count(b"\n") == chunk.count(b"\r\n"):
+            hidden_last = self._split(chunk, chunk, b"\r\n", out)
+        else:
+            hidden_last = self._split_lines(chunk, out)
+        self._cr = chunk.endswith(b"\r")
+        self._drop_lf = self._cr and hidden_last
+        self._clean = not (self._held or self._released or self._mid_line)
+        return b"".join(out)
+
+    def _split(self, chunk: bytes, probe: bytes, eol: bytes, out: list[bytes]) -> bool:
+        """Frame ``chunk`` whose line ends are all ``eol`` in ``probe`` (same offsets)."""
+        blank, step = eol + eol, len(eol)
+        start = 0
+        line_start = not self._mid_line
+        bulk = True  # once per chunk: its whole events, if none can be the usage chunk, at once
+        hidden_last = False
+        while True:
+            if bulk and line_start and not self._held and not self._released:
+                bulk = False
+                last = probe.rfind(blank, start)
+                if last >= 0 and not may_be_usage_only_chunk(chunk[start : last + 2 * step]):
+                    out.append(chunk[start : last + 2 * step])
+                    start, hidden_last = last + 2 * step, False
+                    continue
+            if line_start and probe.startswith(eol, start):
+                end = start + step  # an empty line right at a line start
+            else:
+                found = probe.find(blank, start)
+                if found < 0:
+                    break
+                end = found + 2 * step
+            hidden_last = self._end_event(chunk[start:end], out)
+            start = end
+            line_start = True
+        if start == len(chunk):
+            self._mid_line = False
+            return hidden_last
+        self._mid_line = not probe.endswith(eol)
+        last_line_end = probe.rfind(eol, start)
+        self._unfinished(chunk, start, last_line_end + step if last_line_end >= 0 else start, out)
+        return False
+
+    def _split_lines(self, chunk: bytes, out: list[bytes]) -> bool:
+        """Frame ``chunk`` line by line (its line ends are mixed)."""
+        start = line = 0  # the current event's and line's first bytes in this chunk
+        mid = self._mid_line
+        hidden_last = False
+        for match in _LINE_END.finditer(chunk):
+            stop, after = match.span()
+            if mid or stop != line:  # a line with content ended
+                mid, line = False, after
+                continue
+            line = after  # an empty line: the event ends here
+            hidden_last = self._end_event(chunk[start:after], out)
+            start = after
+        self._mid_line = mid or line < len(chunk)
+        if start == len(chunk):
+            return hidden_last
+        self._unfinished(chunk, start, line, out)
+        return False
+
+    def _unfinished(self, chunk: bytes, start: int, lines_end: int, out: list[bytes]) -> None:
+        """``chunk[start:]`` begins or goes on with an event that has not ended yet.
+
+        ``chunk[:lines_end]`` holds its last complete line.
+        """
+        if self._released:
+            out.append(chunk[start:])
+            return
+        held = self._held
+        held += chunk[start:]
+        if len(held) > self.HOLD_LIMIT:
+            self._release(out)
+        elif lines_end > start and len(held) >= 2 * self._checked:
+            # Lines of it ended: they may rule a usage-only chunk out already (looked at
+            # again only once it doubled, so a long event costs linear time).
+            self._checked = len(held)
+            if _known_not_usage_only(bytes(held[: len(held) - len(chunk) + lines_end])):
+                self._release(out)
+
+    def _release(self, out: list[bytes]) -> None:
+        """The unfinished event is not held any longer: its bytes and the rest flow on."""
+        out.append(bytes(self._held))
+        self._held, self._checked = bytearray(), 0
+        self._released = True
+
+    def _end_event(self, rest: bytes, out: list[bytes]) -> bool:
+        """An event ended with ``rest``: hand it on, or leave it out (True) if it is hidden."""
+        if self._released:
+            self._released = False
+            out.append(rest)
+            return False
+        if self._held:
+            event = bytes(self._held) + rest
+            self._held, self._checked = bytearray(), 0
+        else:
+            event = rest
+        if may_be_usage_only_chunk(event) and self._take_hidden(event):
+            return True
+        out.append(event)
+        return False
+
+    def _take_hidden(self, event: bytes) -> bool:
+        """Whether ``event`` is a usage-only chunk; if so, read its usage and hide it."""
+        try:
+            data = event_data(event)
+            if not is_usage_only_chunk(data):
+                return False
+            usage, info = extract_stream_event(self.family, data)
+        except Exception:
+            return False
+        self.hidden = True
+        if usage is not None:
+            self._hidden_usage = usage
+        self.info.merge(info)
+        return True
 
     def _scan(self, data: bytes) -> None:
         tail = self._tail
@@ -165,96 +428,124 @@ class SSEObserver:
         while self._tail_bytes > self.TAIL_LIMIT and len(tail) > 1:
             old = tail.popleft()
             self._tail_bytes -= len(old)
+            self._truncated = True
             self.content_events += len(_DELTA.findall(old))
         if self._head is not None:
-            head = self._head + data
-            cut = head.find(b"\n\n")
-            if cut < 0 and len(head) < 65536:
-                self._head = head
+            self._read_head(data)
+
+    def _read_head(self, data: bytes) -> None:
+        """Find the first event with data (model, id) in the first bytes of the stream."""
+        head = self._head
+        assert head is not None
+        searched = max(0, len(head) - 3)  # an event's end (up to 4 bytes) may straddle reads
+        head += data  # in place: a first event read in many small reads costs linear time
+        pos = 0
+        for match in _EVENT_END.finditer(head, searched):
+            event = bytes(head[pos : match.start()]).removeprefix(_BOM)
+            pos = match.end()
+            if data_field(event) is not None:
+                self._head = None
+                self._first_event(event)
                 return
+        if len(head) - pos >= 65536:  # no event boundary in 64 KiB: give up on it
             self._head = None
-            self._first_event(head[: cut if cut >= 0 else len(head)])
+            self._first_event(bytes(head[pos:]))
+        elif pos:
+            del head[:pos]
 
     def _first_event(self, raw: bytes) -> None:
-        first = event_data(raw)
+        first = event_data(raw.removeprefix(_BOM))
         if isinstance(first, dict):
             _, info = extract_stream_event(self.family, first)
             if not info.model and not info.id:
                 info = ResponseInfo(model=_str(field(first, "model")), id=_str(field(first, "id")))
             self.info.merge(info)
 
-    def _cut_usage_chunk(self, block: bytes) -> bytes:
-        """Take the injected usage-only chunk out of ``block`` (reading its usage)."""
-        parts = _SEPARATOR.split(block)
-        kept: list[bytes] = []
-        skip_separator = False
-        for index, part in enumerate(parts):
-            if index % 2:  # a separator
-                if not skip_separator:
-                    kept.append(part)
-                skip_separator = False
-                continue
-            if not self.hidden and _USAGE.search(part) is not None:
-                data = event_data(part)
-                if is_usage_only_chunk(data):
-                    self.hidden = True
-                    self._take_usage(data)
-                    skip_separator = True
-                    continue
-            kept.append(part)
-        return b"".join(kept)
-
-    def _take_usage(self, data: Any) -> None:
-        usage, info = extract_stream_event(self.family, data)
-        if usage is not None:
-            if self.usage is None:
-                self.usage = usage
-            else:
-                self.usage.merge(usage)
-        self.info.merge(info)
-
     def flush(self) -> bytes:
         """The end of the body: hand on whatever was held back, and read the tail."""
-        rest, self.pending = self.pending, b""
+        rest = (self._bom or b"") + self._held
+        self._held, self._bom = bytearray(), None
         if not self.failed and not self._done:
             self._done = True
             try:
-                if rest:
-                    self._scan(rest)
                 self._read_tail()
             except Exception:
                 self.failed = True
-        return rest if self.hide_usage_chunk else b""
+        return bytes(rest) if self.hide_usage_chunk else b""
 
     def _read_tail(self) -> None:
-        """Read how the stream ended from its last bytes: a few searches, one JSON parse."""
+        """Read how the stream ended from its last bytes, framed into events."""
         data = b"".join(self._tail)
         self._tail.clear()
         if self._head:  # a stream too short to finish its first event
-            self._first_event(self._head)
-            self._head = None
-        end = data[-END_WINDOW:]  # finish reasons, errors and the last event are at the end
+            self._first_event(bytes(self._head))
+        self._head = None
+        end = data[-END_WINDOW:]  # finish reasons and errors are at the end
         self._reasons = [m.group(1).decode() for m in _FINISH.finditer(end)]
         self.error = any(marker in end for marker in _ERROR_MARKERS)
-        stripped = data.rstrip()
-        last = stripped[stripped.rfind(b"\n\n") + 1 :]
-        self.terminal = any(t in last for t in _TERMINAL) or any(
-            t in last[:512] for t in _TERMINAL_TYPES
-        )
-        if not self.hidden:
-            at = max(data.rfind(b'"usage":{'), data.rfind(b'"usage": {'))
-            if at >= 0:
-                start = data.rfind(b"\n\n", 0, at)
-                stop = data.find(b"\n\n", at)
-                event = event_data(
-                    data[start + 2 if start >= 0 else 0 : stop if stop >= 0 else None]
+        text = _one_line_end(data if self._truncated else data.removeprefix(_BOM))
+        first = 0  # where the first whole event starts (a tail cut at its start begins mid-event)
+        if self._truncated:
+            cut = text.find(b"\n\n")
+            first = cut + 2 if cut >= 0 else len(text)
+        parsed: tuple[bytes, Any] = (b"", None)  # a (large) final event is parsed only once
+        for event in _events_backwards(text, first, 256):  # the last event with data
+            last = data_field(event)
+            if last is None:
+                continue
+            if last.startswith(b"[DONE]"):
+                self.terminal = True
+            elif any(t in last for t in _TERMINAL_TYPES):
+                parsed = (event, event_data(event))
+                self.terminal = isinstance(parsed[1], dict) and parsed[1].get("type") in (
+                    _TERMINAL_TYPE_NAMES
                 )
-                if isinstance(event, dict):
-                    self._take_usage(event)
-                    if event.get("type") in _TERMINAL_TYPE_NAMES:
-                        self.terminal = True
+            break
+        self.usage = self._last_usage(text, first, parsed)
+        if self.usage is None:
+            self.usage = self._hidden_usage
         if self.usage is None or self.usage.output_tokens is None:
             self.content_events += len(_DELTA.findall(data))  # only an estimate needs them
+
+    def _last_usage(self, text: bytes, first: int, parsed: tuple[bytes, Any]) -> Usage | None:
+        """The usage of the last event that reports one (a repeated report is one call)."""
+        for at in self._usage_keys(text, first):
+            cut = text.rfind(b"\n\n", first, at)
+            stop = text.find(b"\n\n", at)
+            event = text[cut + 2 if cut >= 0 else first : stop if stop >= 0 else None]
+            usage = self._usage_of(parsed[1] if event == parsed[0] else event_data(event))
+            if usage is not None:
+                return usage
+        if b"\\u" in text:  # a "usage" key spelled with escapes: looked for near the end only
+            for event in _events_backwards(text, first, ESCAPED_KEY_EVENTS):
+                usage = self._usage_of(event_data(event)) if b"\\u" in event else None
+                if usage is not None:
+                    return usage
+        return None
+
+    @staticmethod
+    def _usage_keys(text: bytes, first: int) -> Iterator[int]:
+        """Where a "usage" key with an object value is, from the end of ``text`` backwards."""
+        stop = len(text)
+        for _ in range(64):  # the usage event is near the end: a few plain searches find it
+            at = text.rfind(b'"usage"', first, stop)
+            if at < 0:
+                return
+            if _OBJECT_VALUE(text, at + 7):
+                yield at
+            stop = at
+        yield from reversed([m.start() for m in _USAGE_OBJECT.finditer(text, first, stop)])
+
+    def _usage_of(self, value: Any) -> Usage | None:
+        """The usage an event's parsed data reports (and the facts it carries)."""
+        if not isinstance(value, dict):
+            return None
+        usage, info = extract_stream_event(self.family, value)
+        if usage is not None:
+            self.info.merge(info)
+            if value.get("type") in _TERMINAL_TYPE_NAMES:
+                self.terminal = True
+        return usage
 
     @property
     def finish_reasons(self) -> list[str]:
