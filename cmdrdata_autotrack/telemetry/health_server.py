@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from .. import forksafe
 from . import metrics
 from .logging import logger
 
@@ -292,5 +293,4 @@ def _after_fork_in_child() -> None:
             inherited.disown()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forksafe.register(_after_fork_in_child)

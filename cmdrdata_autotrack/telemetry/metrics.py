@@ -5,9 +5,10 @@ Counters are plain integers behind one lock; :func:`snapshot` reads them all.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
+
+from .. import forksafe
 
 _lock = threading.Lock()
 _counters: Counter[str] = Counter()
@@ -25,6 +26,10 @@ DESCRIPTIONS = {
     "metadata_dropped": "tracking metadata values left out because they cannot be recorded",
     "metering_parts_dropped": "parts of a call's record left out because odd input spoiled them",
     "metering_degraded": "calls metered with a minimal span after an unexpected failure",
+    "calls_metered_direct": "direct client.post() calls to a billable path, metered by path",
+    "calls_metered_generic": "direct calls to an unknown path whose JSON answer had a usage object",
+    "calls_unmetered_generic_stream": "direct calls to unknown paths with a streamed body (unread)",
+    "calls_unmetered_with_usage": "direct calls reporting usage under an unmetered OpenAI path",
     "instrumentation_errors": "internal errors swallowed by the instrumentation",
     "events_accepted": "usage events written to this process's journal",
     "events_spooled": "usage events moved from journals into the spool or ledger",
@@ -34,6 +39,10 @@ DESCRIPTIONS = {
     "events_dropped": "usage events dropped (journal or spool full)",
     "events_malformed": "unreadable journal lines skipped",
     "pipeline_errors": "internal errors of the delivery threads",
+    "limits_exceeded": "calls made while their customer was over a warn limit (flagged)",
+    "limits_blocked": "calls refused before they were sent: their customer was over a block limit",
+    "limits_fail_open": "calls let through unchecked: the limits counter store could not be read",
+    "limits_store_errors": "failed syncs of the limits counters with their store (SQLite, Redis)",
 }
 
 
@@ -76,5 +85,4 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()  # the parent's may have been held by another thread
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forksafe.register(_after_fork_in_child)

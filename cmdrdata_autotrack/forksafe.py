@@ -1,0 +1,68 @@
+"""After-fork handling in one place.
+
+A forked child (gunicorn, Celery, multiprocessing) inherits a copy of every lock
+the agent holds, possibly held by a thread that does not exist in the child,
+and descriptors, connections and thread handles that are the parent's. Each
+part of the agent that owns such things registers one hook here; the hooks run
+in the child, in registration order (module-level state registers at import,
+before the objects that use it), before the child runs any code of its own.
+
+Hooks of objects are held weakly: registering does not keep a pipeline alive.
+A hook that fails is counted and skipped; the others still run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from types import MethodType
+
+Hook = Callable[[], None]
+
+_lock = threading.Lock()
+_hooks: list[Callable[[], Hook | None]] = []  # each returns the hook, or None once collected
+failures = 0
+
+
+def register(hook: Hook) -> None:
+    """Run ``hook()`` in every child forked from now on (bound methods held weakly)."""
+    ref: Callable[[], Hook | None]
+    if isinstance(hook, MethodType):
+        ref = weakref.WeakMethod(hook)
+    else:
+
+        def ref() -> Hook:
+            return hook
+
+    with _lock:
+        _hooks.append(ref)
+
+
+def unregister(hook: Hook) -> None:
+    with _lock:
+        _hooks[:] = [ref for ref in _hooks if ref() not in (hook, None)]
+
+
+def run_child_hooks() -> None:
+    """What the child runs right after ``fork`` (tests call it to simulate one)."""
+    global _lock, failures
+    _lock = threading.Lock()  # the parent's may have been held by another of its threads
+    for ref in list(_hooks):
+        hook = ref()
+        if hook is None:
+            continue
+        try:
+            hook()
+        except Exception:
+            failures += 1  # nothing to log with safely here: the logging locks are suspect too
+    _hooks[:] = [ref for ref in _hooks if ref() is not None]
+
+
+def hook_count() -> int:
+    return sum(1 for ref in _hooks if ref() is not None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=run_child_hooks)
