@@ -7,11 +7,14 @@ cmdrdata_autotrack.auto`` or :func:`instrument` do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 
+# Not ``typing.TYPE_CHECKING``: importing typing would cost every process under the
+# launcher a few milliseconds (type checkers treat any ``TYPE_CHECKING`` as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .attribution.context import (
         clear_customer,
         customer_context,
@@ -19,6 +22,9 @@ if TYPE_CHECKING:
         reset_customer,
         set_customer,
     )
+    from .compat import PerformanceContext, configure_logging, configure_performance
+    from .limits.errors import CustomerLimitExceeded
+    from .limits.setup import set_limits
     from .tracked_client import AsyncTrackedOpenAI, TrackedOpenAI
 
     set_customer_context = set_customer
@@ -34,6 +40,11 @@ _LAZY = {
     "get_customer": "attribution.context",
     "TrackedOpenAI": "tracked_client",
     "AsyncTrackedOpenAI": "tracked_client",
+    "set_limits": "limits.setup",
+    "CustomerLimitExceeded": "limits.errors",  # loads openai: it is an openai.RateLimitError
+    "configure_logging": "compat",
+    "configure_performance": "compat",
+    "PerformanceContext": "compat",
 }
 # The names of the cmdrdata-openai package, so code written for it keeps working.
 _ALIASES = {
@@ -92,10 +103,14 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncTrackedOpenAI",
+    "CustomerLimitExceeded",
+    "PerformanceContext",
     "TrackedOpenAI",
     "__version__",
     "clear_customer",
     "clear_customer_context",
+    "configure_logging",
+    "configure_performance",
     "customer_context",
     "flush",
     "get_customer",
@@ -104,5 +119,6 @@ __all__ = [
     "reset_customer",
     "set_customer",
     "set_customer_context",
+    "set_limits",
     "uninstrument",
 ]

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(commands)
     flush.add_parser(commands)
     flush.add_dead_letters_parser(commands)
+    from . import limits  # per-customer limits (docs/limits.md)
+
+    limits.add_parser(commands)
     return parser
 
 
