@@ -202,6 +202,28 @@ class UsageScript:
     # text-to-speech with stream_format="sse"
     speech_input_tokens: int = 8
     speech_output_tokens: int = 40
+    # prompt cache writes (``cache_write_tokens``: always in Responses and decisions usage, as
+    # the openai 2.x/3.x types require; in chat usage when not 0); the TTL breakdown
+    # (``cache_write_tokens_details``) when either part is set
+    cache_write_tokens: int = 0
+    cache_write_30m_tokens: int | None = None
+    cache_write_12h_tokens: int | None = None
+    # SVG images (``output_format="svg"``): the authoring model's ``svg_usage``
+    svg_input_tokens: int = 120
+    svg_output_tokens: int = 900
+    svg_reasoning_tokens: int = 300
+    #: hosted tool calls (web search, file search, ...) answered per hosted tool requested
+    hosted_tool_calls: int = 1
+
+    def cache_writes(self) -> dict[str, Any]:
+        """The cache-write part of a Responses input details object."""
+        details: dict[str, Any] = {"cache_write_tokens": self.cache_write_tokens}
+        if self.cache_write_30m_tokens is not None or self.cache_write_12h_tokens is not None:
+            details["cache_write_tokens_details"] = {
+                "ttl_30m_tokens": self.cache_write_30m_tokens or 0,
+                "ttl_12h_tokens": self.cache_write_12h_tokens or 0,
+            }
+        return details
 
     def completion(self, generated: int | None) -> int:
         """Completion tokens to report; ``generated``: streamed chunks (None: not streamed)."""
@@ -702,6 +724,7 @@ def _chat_usage(call: _Call, generated: int | None) -> dict[str, Any]:
         "prompt_tokens_details": {
             "cached_tokens": u.cached_tokens,
             "audio_tokens": u.prompt_audio_tokens,
+            **({"cache_write_tokens": u.cache_write_tokens} if u.cache_write_tokens else {}),
         },
         "completion_tokens_details": {
             "reasoning_tokens": u.reasoning_tokens,
@@ -1008,11 +1031,81 @@ def _responses_usage(call: _Call, generated: int | None) -> dict[str, Any]:
     output = u.completion(generated)
     return {
         "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "input_tokens_details": {"cached_tokens": u.cached_tokens, **u.cache_writes()},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
         "total_tokens": u.prompt_tokens + output,
     }
+
+
+# Hosted (built-in) tools of a Responses request, and the output item type of their calls.
+HOSTED_TOOL_ITEMS: dict[str, str] = {
+    "web_search": "web_search_call",
+    "web_search_preview": "web_search_call",
+    "file_search": "file_search_call",
+    "code_interpreter": "code_interpreter_call",
+    "image_generation": "image_generation_call",
+    "computer_use_preview": "computer_call",
+    "computer": "computer_call",
+    "mcp": "mcp_call",
+}
+
+
+def _hosted_tool_items(call: _Call) -> list[dict[str, Any]]:
+    """The calls of the request's hosted tools, completed (``usage.hosted_tool_calls`` each).
+
+    One auto container serves all code interpreter calls of a response; a tool naming its
+    container (``"container": "cntr_..."``) runs in that one.
+    """
+    items: list[dict[str, Any]] = []
+    auto_container = _new_id("cntr_")
+    for tool in call.params.get("tools") or []:
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        item_type = HOSTED_TOOL_ITEMS.get(str(kind))
+        if item_type is None:
+            continue
+        for _ in range(call.usage.hosted_tool_calls):
+            item: dict[str, Any] = {"id": _new_id(item_type[:2] + "_"), "type": item_type}
+            if item_type == "web_search_call":
+                item.update(status="completed", action={"type": "search", "query": "fake"})
+            elif item_type == "file_search_call":
+                item.update(status="completed", queries=["fake"], results=None)
+            elif item_type == "code_interpreter_call":
+                container = tool.get("container")
+                item.update(
+                    status="completed",
+                    code="print(1)",
+                    container_id=container if isinstance(container, str) else auto_container,
+                    outputs=None,
+                )
+            elif item_type == "image_generation_call":
+                item.update(
+                    status="completed",
+                    result=PNG_B64,
+                    action="generate",
+                    background="opaque",
+                    output_format="png",
+                    quality=str(tool.get("quality") or "medium"),
+                    size=str(tool.get("size") or "1024x1024"),
+                    revised_prompt="A fake image.",
+                )
+            elif item_type == "computer_call":
+                item.update(
+                    call_id=_new_id("call_")[:29],
+                    status="completed",
+                    pending_safety_checks=[],
+                    action={"type": "screenshot"},
+                )
+            else:  # mcp_call
+                item.update(
+                    arguments="{}",
+                    name="fake_tool",
+                    server_label=str(tool.get("server_label") or "fake"),
+                    output="ok",
+                    status="completed",
+                )
+            items.append(item)
+    return items
 
 
 def _responses_tool(call: _Call) -> Mapping[str, Any] | None:
@@ -1136,7 +1229,8 @@ def _responses(call: _Call) -> _Reply:
             "metadata": params.get("metadata") or {},
         }
 
-    final_output = ([reasoning_item] if with_reasoning else []) + [main_item(final_state)]
+    hosted = _hosted_tool_items(call)
+    final_output = ([reasoning_item] if with_reasoning else []) + hosted + [main_item(final_state)]
     if not stream:
         usage = _responses_usage(call, None) if call.with_usage else None
         return _Reply(payload=response(final_state, final_output, usage, _service_tier(params)))
@@ -1155,6 +1249,13 @@ def _responses(call: _Call) -> _Reply:
     if with_reasoning:
         emit("response.output_item.added", {"item": reasoning_item, "output_index": index})
         emit("response.output_item.done", {"item": reasoning_item, "output_index": index})
+        index += 1
+    for item in hosted:
+        emit(
+            "response.output_item.added",
+            {"item": {**item, "status": "in_progress"}, "output_index": index},
+        )
+        emit("response.output_item.done", {"item": item, "output_index": index})
         index += 1
     emit("response.output_item.added", {"item": main_item("in_progress"), "output_index": index})
     generated = 0
@@ -1192,6 +1293,91 @@ def _responses(call: _Call) -> _Reply:
         {"response": response(final_state, final_output, usage, _service_tier(params))},
     )
     return _Reply(events=events, error_style="responses")
+
+
+def _compact(call: _Call) -> _Reply:
+    """``responses.compact``: one compaction item, and the usage of the compaction pass.
+
+    (The API also echoes the input's user messages; they are left out here because the
+    SDK's ``CompactedResponse`` types its output as output items, which they are not.)
+    """
+    params = call.params
+    call.require("model")
+    if params.get("input") is None and params.get("previous_response_id") is None:
+        raise _ApiError(400, "Missing required parameter: 'input'.", param="input")
+    compaction = {
+        "id": _new_id("cmp_"),
+        "type": "compaction",
+        "encrypted_content": base64.b64encode(b"fake compaction").decode("ascii"),
+    }
+    payload: dict[str, Any] = {
+        "id": _new_id("resp_"),
+        "object": "response.compaction",
+        "created_at": int(time.time()),
+        "output": [compaction],
+        "usage": _responses_usage(call, None) if call.with_usage else None,
+    }
+    return _Reply(payload=payload)
+
+
+def _decision_answer(question: Any) -> dict[str, Any]:
+    kind = question.get("type") if isinstance(question, Mapping) else None
+    name = question.get("name") if isinstance(question, Mapping) else None
+    if kind == "predicate":
+        return {"type": "predicate", "name": name, "probability": 0.9}
+    if kind == "choice":
+        values = [c.get("value") for c in question.get("choices") or [] if isinstance(c, Mapping)]
+        values = values or ["fake"]
+        share = round(1 / len(values), 6)
+        return {
+            "type": "choice",
+            "name": name,
+            "choice": values[0],
+            "confidence": share,
+            "probabilities": [{"probability": share, "value": v} for v in values],
+        }
+    if kind == "score":
+        levels = [lv.get("label") for lv in question.get("levels") or [] if isinstance(lv, Mapping)]
+        levels = levels or ["fake"]
+        share = round(1 / len(levels), 6)
+        return {
+            "type": "score",
+            "name": name,
+            "score": 0.0,
+            "confidence": share,
+            "probabilities": [
+                {"label": str(label), "probability": share, "value": i}
+                for i, label in enumerate(levels)
+            ],
+        }
+    raise _ApiError(400, "Invalid question type.", param="questions")
+
+
+def _decisions(call: _Call) -> _Reply:
+    """``decisions.create`` (openai 3.x): one answer per question, in order, and usage."""
+    model = str(call.require("model"))
+    call.require("input")
+    questions = call.require("questions")
+    if not isinstance(questions, list) or not 1 <= len(questions) <= 400:
+        raise _ApiError(400, "Ask 1 to 400 questions.", param="questions")
+    u = call.usage
+    output = u.completion(None)
+    payload: dict[str, Any] = {
+        "answers": [_decision_answer(q) for q in questions],
+        "model": call.dated(model),
+    }
+    if call.with_usage:
+        payload["usage"] = {
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {
+                "cache_write_tokens": u.cache_write_tokens,
+                "cached_tokens": u.cached_tokens,
+            },
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "total_tokens": u.prompt_tokens + output,
+        }
+    return _Reply(payload=payload)
 
 
 def _output_text(text: str) -> dict[str, Any]:
@@ -1272,6 +1458,9 @@ def _images(call: _Call, operation: Literal["generations", "edits", "variations"
     output_format = str(params.get("output_format") or "png")
     background = str(params.get("background") or "opaque")
     background = "opaque" if background == "auto" else background
+    svg = output_format == "svg"
+    if svg and (n != 1 or _form_bool(params.get("stream"))):
+        raise _ApiError(400, "SVG output requires n=1 and does not support streaming.")
     if gpt_image and _form_bool(params.get("stream")):
         prefix = "image_generation" if operation == "generations" else "image_edit"
         common = {
@@ -1300,7 +1489,7 @@ def _images(call: _Call, operation: Literal["generations", "edits", "variations"
         image: dict[str, Any] = (
             {"url": f"{call.root_url}/fake-images/{uuid.uuid4().hex}-{index}.png"}
             if as_url
-            else {"b64_json": PNG_B64}
+            else {"b64_json": SVG_B64 if svg else PNG_B64}
         )
         if model == "dall-e-3":
             image["revised_prompt"] = f"A revised prompt: {params.get('prompt')}"
@@ -1312,7 +1501,28 @@ def _images(call: _Call, operation: Literal["generations", "edits", "variations"
         )
         if call.with_usage:
             payload["usage"] = _image_usage(call)
+            if svg:
+                payload["svg_usage"] = _svg_usage(call)
     return _Reply(payload=payload)
+
+
+SVG_TEXT = '<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>'
+SVG_B64 = base64.b64encode(SVG_TEXT.encode()).decode("ascii")
+
+
+def _svg_usage(call: _Call) -> dict[str, Any]:
+    """Tokens of the model that authored the SVG (``svg.model``, JSON or ``svg[model]`` form)."""
+    params = call.params
+    options = params.get("svg")
+    model = options.get("model") if isinstance(options, Mapping) else params.get("svg[model]")
+    u = call.usage
+    return {
+        "input_tokens": u.svg_input_tokens,
+        "model": str(model or "gpt-5"),
+        "output_tokens": u.svg_output_tokens,
+        "reasoning_tokens": u.svg_reasoning_tokens,
+        "total_tokens": u.svg_input_tokens + u.svg_output_tokens,
+    }
 
 
 # ----- audio
@@ -1482,7 +1692,9 @@ def _moderations(call: _Call) -> _Reply:
 _ROUTES: tuple[tuple[str, Callable[[_Call], _Reply]], ...] = (
     ("/chat/completions", _chat_completions),
     ("/completions", _completions),
+    ("/responses/compact", _compact),
     ("/responses", _responses),
+    ("/decisions", _decisions),
     ("/embeddings", _embeddings),
     ("/images/generations", lambda call: _images(call, "generations")),
     ("/images/edits", lambda call: _images(call, "edits")),

@@ -1,12 +1,13 @@
 """Token estimates for calls whose response carries no (valid) usage.
 
 Used only when usage was not reported or not usable: a stream that ended without
-a usage report (interrupted, the host gives none, injection disabled), or a
-response whose usage is missing or malformed. The estimate is deliberately
-simple and documented: about four characters of English text per token, the
-rule of thumb OpenAI publishes, and one token per streamed content delta
-(OpenAI sends one token per delta). Estimated usage is always marked as such on
-the span.
+a usage report (interrupted, the host gives none, injection disabled), a
+response whose usage is missing or malformed, whisper's text/srt/vtt formats
+(no duration) and speech models billed by tokens that answer with bare audio.
+The estimates are deliberately simple and documented: about four characters of
+English text per token, the rule of thumb OpenAI publishes; one token per
+streamed content delta (OpenAI sends one token per delta); speech at 150 words a
+minute. Estimated usage is always marked as such on the span.
 
 The request is the caller's own object: it is only read, with bounded effort
 (parts and depth), and never with methods a subclass could override.
@@ -14,10 +15,11 @@ The request is the caller's own object: it is only read, with bounded effort
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from .extract import field
+from .fields import field
 
 CHARS_PER_TOKEN = 4
 # Chat formatting adds a few tokens per message (role markers, separators).
@@ -25,6 +27,14 @@ TOKENS_PER_MESSAGE = 4
 _MAX_WALK = 10_000  # parts looked at, so a huge request costs bounded time
 _MAX_DEPTH = 32  # nesting followed, so a deeply nested value cannot exhaust the stack
 _TEXT_KEYS = ("content", "text", "input", "output", "arguments", "instructions")
+# Speech: about 150 words a minute (2.5 a second), the usual rate of narration and TTS.
+WORDS_PER_SECOND = 2.5
+# Speech models billed by tokens: audio output tokens per character of input. OpenAI puts
+# gpt-4o-mini-tts at about $0.015 a minute of audio, at $12 per 1M audio output tokens:
+# 1250 tokens a minute; 150 words of 5.9 characters (a space included) are ~880 characters.
+AUDIO_TOKENS_PER_SPEECH_CHAR = 1.4
+_CUE_END = re.compile(r"--> *(\d{1,3}):(\d{2}):(\d{2})[.,](\d{3})")
+_WORD = re.compile(r"\S+")
 
 
 def tokens_for_chars(chars: int) -> int:
@@ -99,3 +109,24 @@ def estimate_output_tokens(response: Any) -> int | None:
     except Exception:
         return None
     return tokens_for_chars(chars) if chars else None
+
+
+def estimate_audio_seconds(transcript: str) -> float | None:
+    """Seconds of audio behind a text, srt or vtt transcript (``None`` for an empty one).
+
+    Subtitles: the end of their last cue (where speech ends, a little before the audio
+    does); plain text: its words at :data:`WORDS_PER_SECOND`.
+    """
+    if not isinstance(transcript, str) or not transcript.strip():
+        return None
+    cues = _CUE_END.findall(transcript[-4096:])
+    if cues:
+        hours, minutes, secs, millis = (int(g) for g in cues[-1])
+        return hours * 3600 + minutes * 60 + secs + millis / 1000
+    words = sum(1 for _ in _WORD.finditer(transcript[:1_000_000]))
+    return round(words / WORDS_PER_SECOND, 3)
+
+
+def estimate_speech_tokens(characters: int) -> tuple[int, int]:
+    """(text input tokens, audio output tokens) of speaking ``characters`` characters."""
+    return tokens_for_chars(characters), round(characters * AUDIO_TOKENS_PER_SPEECH_CHAR)

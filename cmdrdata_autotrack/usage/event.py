@@ -21,8 +21,9 @@ from typing import Any
 
 from .._version import __version__
 from . import attributes as A
-from .extract import count, seconds
-from .model import UNIT_COUNTERS, USAGE_PROBLEMS
+from .fields import count, seconds
+from .model import USAGE_PROBLEMS
+from .units import BY_ATTRIBUTE, MAX_ID, Unit
 
 SCHEMA_VERSION = "1.1"
 USAGE_SOURCES = frozenset({"response", "estimate", "request", "none"})
@@ -100,6 +101,34 @@ def _first_text(attributes: Mapping[str, Any], *keys: str) -> str | None:
     return None
 
 
+def unit_value(unit: Unit, value: Any) -> Any:
+    """A unit's value as the event carries it, or ``None`` when it is not a valid one."""
+    kind = unit.kind
+    if kind == "count":
+        return count(value)
+    if kind == "seconds":
+        return seconds(value)
+    if kind == "text":
+        return clean_text(value, unit.limit)
+    if isinstance(value, list | tuple):  # ids
+        ids = [i for i in (clean_text(v, MAX_ID) for v in value[: unit.limit]) if i]
+        return ids or None
+    return None
+
+
+def event_units(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's ``units``: the span's unit attributes that are not top-level fields."""
+    units: dict[str, Any] = {}
+    for key, raw in attributes.items():
+        unit = BY_ATTRIBUTE.get(key) if isinstance(key, str) else None
+        if unit is None or unit.top_level:
+            continue
+        value = unit_value(unit, raw)
+        if value is not None:
+            units[unit.name] = value
+    return units
+
+
 def build_event(
     attributes: Mapping[str, Any],
     *,
@@ -123,18 +152,7 @@ def build_event(
     ttfc = seconds(a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK))
     error_type = clean_text(a.get(A.ERROR_TYPE), 128)
     status_code = count(a.get(A.HTTP_STATUS_CODE))
-    units: dict[str, Any] = {}
-    for name, key in UNIT_COUNTERS:
-        value = count(a.get(key))
-        if value is not None:
-            units[name] = value
-    audio = seconds(a.get(A.AUDIO_SECONDS))
-    if audio is not None:
-        units["audio_seconds"] = audio
-    for name, key in (("image_size", A.IMAGE_SIZE), ("image_quality", A.IMAGE_QUALITY)):
-        text = clean_text(a.get(key), 32)
-        if text:
-            units[name] = text
+    units = event_units(a)
     success = ok and error_type is None
     finish = a.get(A.RESPONSE_FINISH_REASONS)
     return {

@@ -9,51 +9,17 @@ is there but malformed is marked so (``Usage.problem``) for the caller to flag.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .estimate import estimate_audio_seconds
+from .fields import MAX_COUNT as MAX_COUNT
+from .fields import count as count
+from .fields import field as field
+from .fields import seconds as seconds
+from .fields import text as text
 from .model import MALFORMED_USAGE, ResponseInfo, Usage
-
-# Counts beyond this are not usage but garbage (2**40 tokens is ~1 TB of text).
-MAX_COUNT = 2**40
-
-
-def field(obj: Any, name: str) -> Any:
-    """``obj[name]`` for mappings, ``obj.name`` for objects; ``None`` when absent."""
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    try:
-        return getattr(obj, name, None)
-    except Exception:
-        return None
-
-
-def count(value: Any) -> int | None:
-    """A non-negative integer count, or ``None`` for anything else (bools, NaN, negatives)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= MAX_COUNT else None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return count(int(value))
-    return None
-
-
-def seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and 0 <= number <= MAX_COUNT else None
-
-
-def text(value: Any, limit: int = 256) -> str | None:
-    if isinstance(value, str) and value:
-        return value[:limit]
-    return None
-
+from .units import TOOL_COUNTERS
 
 # --- usage objects ----------------------------------------------------------------------
 #
@@ -71,12 +37,13 @@ def is_record(obj: Any) -> bool:
 
 
 class _Reader:
-    """Reads the counts of one usage object, noting any that are present but invalid."""
+    """Reads the counts of one usage object into unit values, noting invalid ones."""
 
-    __slots__ = ("bad",)
+    __slots__ = ("bad", "values")
 
     def __init__(self) -> None:
         self.bad = False
+        self.values: dict[str, Any] = {}
 
     def part(self, obj: Any, *names: str) -> Any:
         """The first present sub-object ``names`` of ``obj``; a non-object is malformed."""
@@ -88,28 +55,32 @@ class _Reader:
                 self.bad = True
         return None
 
-    def count(self, obj: Any, name: str) -> int | None:
+    def count(self, unit: str, obj: Any, name: str) -> None:
+        """Unit ``unit`` from ``obj.name``, when present (an invalid count is malformed)."""
         value = field(obj, name)
         if value is None:
-            return None
+            return
         number = count(value)
         if number is None:
             self.bad = True
-        return number
+        else:
+            self.values[unit] = number
 
-    def seconds(self, obj: Any, name: str) -> float | None:
+    def seconds(self, unit: str, obj: Any, name: str) -> None:
         value = field(obj, name)
         if value is None:
-            return None
+            return
         number = seconds(value)
         if number is None:
             self.bad = True
-        return number
+        else:
+            self.values[unit] = number
 
-    def finish(self, usage: Usage, *required: int | float | None) -> Usage:
-        if self.bad or any(value is None for value in required):
-            usage.problem = MALFORMED_USAGE
-        return usage
+    def finish(self, *required: str) -> Usage:
+        """The usage read; malformed when a value was invalid or a ``required`` unit absent."""
+        values = self.values
+        bad = self.bad or any(name not in values for name in required)
+        return Usage.of(values, problem=MALFORMED_USAGE if bad else None)
 
 
 def _malformed() -> Usage:
@@ -125,45 +96,55 @@ def usage_from_completion_tokens(usage: Any) -> Usage | None:
     r = _Reader()
     prompt = r.part(usage, "prompt_tokens_details")
     completion = r.part(usage, "completion_tokens_details")
-    result = Usage(
-        input_tokens=r.count(usage, "prompt_tokens"),
-        output_tokens=r.count(usage, "completion_tokens"),
-        total_tokens=r.count(usage, "total_tokens"),
-        cached_input_tokens=r.count(prompt, "cached_tokens"),
-        input_audio_tokens=r.count(prompt, "audio_tokens"),
-        reasoning_tokens=r.count(completion, "reasoning_tokens"),
-        output_audio_tokens=r.count(completion, "audio_tokens"),
-        accepted_prediction_tokens=r.count(completion, "accepted_prediction_tokens"),
-        rejected_prediction_tokens=r.count(completion, "rejected_prediction_tokens"),
-    )
-    return r.finish(result, result.input_tokens, result.output_tokens)
+    r.count("input_tokens", usage, "prompt_tokens")
+    r.count("output_tokens", usage, "completion_tokens")
+    r.count("total_tokens", usage, "total_tokens")
+    if prompt is not None:
+        r.count("cached_input_tokens", prompt, "cached_tokens")
+        r.count("cache_write_tokens", prompt, "cache_write_tokens")
+        r.count("input_audio_tokens", prompt, "audio_tokens")
+        r.count("input_text_tokens", prompt, "text_tokens")
+        r.count("input_image_tokens", prompt, "image_tokens")
+    if completion is not None:
+        r.count("reasoning_tokens", completion, "reasoning_tokens")
+        r.count("output_audio_tokens", completion, "audio_tokens")
+        r.count("output_text_tokens", completion, "text_tokens")
+        r.count("accepted_prediction_tokens", completion, "accepted_prediction_tokens")
+        r.count("rejected_prediction_tokens", completion, "rejected_prediction_tokens")
+    return r.finish("input_tokens", "output_tokens")
 
 
 def usage_from_io_tokens(usage: Any) -> Usage | None:
-    """Responses, images and transcriptions: ``input_tokens`` / ``output_tokens`` and details."""
+    """Responses, decisions, images, transcriptions: ``input_tokens`` / ``output_tokens``."""
     if usage is None:
         return None
     if not is_record(usage):
         return _malformed()
     r = _Reader()
     if field(usage, "type") == "duration":
-        result = Usage(audio_seconds=r.seconds(usage, "seconds"))
-        return r.finish(result, result.audio_seconds)
+        r.seconds("audio_seconds", usage, "seconds")
+        return r.finish("audio_seconds")
     # Responses and images say input_tokens_details; transcriptions say input_token_details.
     inp = r.part(usage, "input_tokens_details", "input_token_details")
     out = r.part(usage, "output_tokens_details", "output_token_details")
-    result = Usage(
-        input_tokens=r.count(usage, "input_tokens"),
-        output_tokens=r.count(usage, "output_tokens"),
-        total_tokens=r.count(usage, "total_tokens"),
-        cached_input_tokens=r.count(inp, "cached_tokens"),
-        input_text_tokens=r.count(inp, "text_tokens"),
-        input_image_tokens=r.count(inp, "image_tokens"),
-        input_audio_tokens=r.count(inp, "audio_tokens"),
-        reasoning_tokens=r.count(out, "reasoning_tokens"),
-        output_image_tokens=r.count(out, "image_tokens"),
-    )
-    return r.finish(result, result.input_tokens, result.output_tokens)
+    r.count("input_tokens", usage, "input_tokens")
+    r.count("output_tokens", usage, "output_tokens")
+    r.count("total_tokens", usage, "total_tokens")
+    if inp is not None:
+        r.count("cached_input_tokens", inp, "cached_tokens")
+        r.count("input_text_tokens", inp, "text_tokens")
+        r.count("input_image_tokens", inp, "image_tokens")
+        r.count("input_audio_tokens", inp, "audio_tokens")
+        r.count("cache_write_tokens", inp, "cache_write_tokens")
+        ttl = r.part(inp, "cache_write_tokens_details")
+        if ttl is not None:
+            r.count("cache_write_30m_tokens", ttl, "ttl_30m_tokens")
+            r.count("cache_write_12h_tokens", ttl, "ttl_12h_tokens")
+    if out is not None:
+        r.count("reasoning_tokens", out, "reasoning_tokens")
+        r.count("output_image_tokens", out, "image_tokens")
+        r.count("output_text_tokens", out, "text_tokens")
+    return r.finish("input_tokens", "output_tokens")
 
 
 def usage_from_embedding_tokens(usage: Any) -> Usage | None:
@@ -172,11 +153,88 @@ def usage_from_embedding_tokens(usage: Any) -> Usage | None:
     if not is_record(usage):
         return _malformed()
     r = _Reader()
-    result = Usage(
-        input_tokens=r.count(usage, "prompt_tokens"),
-        total_tokens=r.count(usage, "total_tokens"),
-    )
-    return r.finish(result, result.input_tokens)
+    r.count("input_tokens", usage, "prompt_tokens")
+    r.count("total_tokens", usage, "total_tokens")
+    return r.finish("input_tokens")
+
+
+def add_svg_usage(usage: Usage, svg: Any) -> None:
+    """SVG authoring (``svg_usage``): tokens of another model, added to what ``usage`` holds."""
+    if svg is None:
+        return
+    if not is_record(svg):
+        usage.problem = MALFORMED_USAGE
+        return
+    r = _Reader()
+    r.count("svg_input_tokens", svg, "input_tokens")
+    r.count("svg_output_tokens", svg, "output_tokens")
+    r.count("svg_reasoning_tokens", svg, "reasoning_tokens")
+    values = usage.values
+    for unit, value in r.values.items():
+        values[unit] = values.get(unit, 0) + value
+    model = text(field(svg, "model"))
+    if model and "svg_model" not in values:
+        values["svg_model"] = model
+    if r.bad:
+        usage.problem = MALFORMED_USAGE
+
+
+# --- built-in tools ---------------------------------------------------------------------
+#
+# Hosted tools appear as items of a Responses ``output``; each item is one call of its tool
+# (counted whatever its status: a call that ran is billed). The units table says which item
+# type each tool unit counts.
+
+_ITEM_UNITS: dict[str, str] = {u.item_type: u.name for u in TOOL_COUNTERS if u.item_type}
+MAX_ITEMS = 4096  # output items looked at: a huge output costs bounded time
+MAX_CONTAINERS = 16
+
+
+def _counted(item: Any, kind: str) -> bool:
+    """Whether an item of a counted type is billed as a hosted tool call."""
+    if kind == "shell_call":  # only in a hosted container (a local one runs on the client)
+        return bool(field(field(item, "environment"), "type") == "container_reference")
+    if kind == "tool_search_call":
+        return bool(field(item, "execution") == "server")
+    return True
+
+
+def add_tool_calls(usage: Usage, output: Any) -> None:
+    """Count the hosted tool calls of a Responses ``output`` into ``usage``."""
+    if not isinstance(output, list | tuple):
+        return
+    counts: dict[str, int] = {}
+    containers: dict[str, None] = {}
+    sizes: set[Any] = set()
+    qualities: set[Any] = set()
+    for item in output[:MAX_ITEMS]:
+        kind = field(item, "type")
+        unit = _ITEM_UNITS.get(kind) if isinstance(kind, str) else None
+        if unit is None or not _counted(item, kind):
+            continue
+        counts[unit] = counts.get(unit, 0) + 1
+        if kind == "code_interpreter_call":
+            container = text(field(item, "container_id"), 128)
+            if container:
+                containers.setdefault(container, None)
+        elif kind == "image_generation_call":
+            sizes.add(field(item, "size"))
+            qualities.add(field(item, "quality"))
+            add_svg_usage(usage, field(item, "svg_usage"))
+    if not counts:
+        return
+    values = usage.values
+    values.update(counts)
+    if containers:
+        values["code_interpreter_sessions"] = len(containers)
+        values["code_interpreter_container_ids"] = list(containers)[:MAX_CONTAINERS]
+    size, quality = text(sizes.pop(), 32) if len(sizes) == 1 else None, None
+    if len(qualities) == 1:
+        quality = text(qualities.pop(), 32)
+    if size:
+        values["image_generation_size"] = size
+    if quality:
+        values["image_generation_quality"] = quality
 
 
 # --- whole responses --------------------------------------------------------------------
@@ -230,9 +288,27 @@ def responses_finish_reasons(response: Any) -> list[str]:
 
 
 def extract_responses(response: Any) -> Extracted:
-    """Responses API ``response`` objects."""
+    """Responses API ``response`` objects (also beta, and ``response.compaction``)."""
     usage = usage_from_io_tokens(field(response, "usage"))
+    output = field(response, "output")
+    if output and isinstance(output, list | tuple) and _has_tool_items(output):
+        usage = usage or Usage()
+        add_tool_calls(usage, output)
     return usage, _info(response, responses_finish_reasons(response))
+
+
+def _has_tool_items(output: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether an output may hold a hosted tool call (messages and reasoning do not)."""
+    for item in output[:MAX_ITEMS]:
+        kind = field(item, "type")
+        if kind != "message" and kind != "reasoning" and kind in _ITEM_UNITS:
+            return True
+    return False
+
+
+def extract_decision(response: Any) -> Extracted:
+    """``decisions.create``: a ``Decision`` (answers, model, usage)."""
+    return usage_from_io_tokens(field(response, "usage")), _info(response)
 
 
 def extract_embeddings(response: Any) -> Extracted:
@@ -246,11 +322,21 @@ def extract_images(response: Any) -> Extracted:
         usage.image_count = len(data)
     usage.image_size = text(field(response, "size"), 32)
     usage.image_quality = text(field(response, "quality"), 32)
+    add_svg_usage(usage, field(response, "svg_usage"))
     return usage, _info(response)
 
 
 def extract_audio_text(response: Any) -> Extracted:
-    """Transcriptions and translations: token usage, duration usage, or a verbose duration."""
+    """Transcriptions and translations: token usage, duration usage, or a verbose duration.
+
+    A ``str`` is the body of whisper's text, srt and vtt formats, which report nothing:
+    its audio seconds are estimated (see :func:`.estimate.estimate_audio_seconds`).
+    """
+    if isinstance(response, str):
+        estimate = estimate_audio_seconds(response)
+        if estimate is None:
+            return None, ResponseInfo()
+        return Usage(audio_seconds=estimate, estimated=True), ResponseInfo()
     usage = usage_from_io_tokens(field(response, "usage"))
     if usage is None or usage.is_empty():
         duration = seconds(field(response, "duration"))
@@ -267,27 +353,65 @@ def extract_nothing(response: Any) -> Extracted:
     return None, ResponseInfo()
 
 
+def extract_generic(response: Any) -> Extracted:
+    """Any JSON body with a ``usage`` object (an endpoint the agent does not know): tokens only."""
+    usage_obj = field(response, "usage")
+    if usage_obj is None or not is_record(usage_obj):
+        return None, ResponseInfo()
+    if field(usage_obj, "prompt_tokens") is not None:
+        found = usage_from_completion_tokens(usage_obj)
+    elif field(usage_obj, "input_tokens") is not None:
+        found = usage_from_io_tokens(usage_obj)
+    else:
+        return None, ResponseInfo()
+    usage = None
+    if found is not None:  # tokens only: the other units of an unknown shape mean nothing here
+        usage = Usage(
+            input_tokens=found.input_tokens,
+            output_tokens=found.output_tokens,
+            total_tokens=found.total_tokens,
+            cached_input_tokens=found.cached_input_tokens,
+            reasoning_tokens=found.reasoning_tokens,
+            problem=found.problem,
+        )
+    return usage, _info(response)
+
+
 Extractor = Callable[[Any], Extracted]
 
-# Families whose every successful response reports token usage: a response without it is
-# flagged (``missing_usage``) and estimated. The others legitimately may carry none:
-# moderations, speech, DALL-E images and variations, whisper's text formats.
-REPORTS_USAGE = frozenset({"chat", "completions", "responses", "embeddings"})
+
+# --- stream events ----------------------------------------------------------------------
+
+
+def _image_event(event: Mapping[str, Any]) -> Extracted:
+    """``image_generation.completed`` / ``image_edit.completed``: one image and its usage."""
+    usage = usage_from_io_tokens(event.get("usage"))
+    if usage is not None:
+        usage.image_count = 1
+        usage.image_size = text(event.get("size"), 32)
+        usage.image_quality = text(event.get("quality"), 32)
+    return usage, ResponseInfo()
+
+
+def _io_event(event: Mapping[str, Any]) -> Extracted:
+    """Transcription and speech events: their ``usage`` (``transcript.text.done``...)."""
+    return usage_from_io_tokens(event.get("usage")), ResponseInfo()
+
+
+# How the events of each kind of stream are read (an endpoint row names its kind).
+STREAM_READERS: dict[str, Callable[[Mapping[str, Any]], Extracted]] = {
+    "chat": extract_chat,
+    "completions": extract_chat,
+    "responses": _io_event,  # its events carry their usage in "response", read first
+    "images": _image_event,
+    "audio_text": _io_event,
+    "speech": _io_event,
+}
 
 
 def extract_stream_event(family: str, event: Mapping[str, Any]) -> Extracted:
-    """Usage and facts carried by one server-sent event of a stream of ``family``."""
+    """Usage and facts carried by one server-sent event of a stream of kind ``family``."""
     inner = event.get("response")
     if isinstance(inner, Mapping):  # response.created / .completed / .incomplete / .failed
-        usage, info = extract_responses(inner)
-        return usage, info
-    if family in ("chat", "completions"):
-        return extract_chat(event)
-    if family == "images":  # image_generation.completed / image_edit.completed
-        usage = usage_from_io_tokens(event.get("usage"))
-        if usage is not None:
-            usage.image_count = 1
-            usage.image_size = text(event.get("size"), 32)
-            usage.image_quality = text(event.get("quality"), 32)
-        return usage, ResponseInfo()
-    return usage_from_io_tokens(event.get("usage")), ResponseInfo()
+        return extract_responses(inner)
+    return STREAM_READERS.get(family, _io_event)(event)

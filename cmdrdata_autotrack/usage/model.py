@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Any
 
 from . import attributes as A
-
-# Billable units beyond the common token counts, and the span attribute of each
-# (the usage event's ``units`` use the same names).
-UNIT_COUNTERS: tuple[tuple[str, str], ...] = (
-    ("input_audio_tokens", A.INPUT_AUDIO_TOKENS),
-    ("input_text_tokens", A.INPUT_TEXT_TOKENS),
-    ("input_image_tokens", A.INPUT_IMAGE_TOKENS),
-    ("output_audio_tokens", A.OUTPUT_AUDIO_TOKENS),
-    ("output_image_tokens", A.OUTPUT_IMAGE_TOKENS),
-    ("accepted_prediction_tokens", A.ACCEPTED_PREDICTION_TOKENS),
-    ("rejected_prediction_tokens", A.REJECTED_PREDICTION_TOKENS),
-    ("image_count", A.IMAGE_COUNT),
-    ("input_characters", A.INPUT_CHARACTERS),
-)
-# Every billable counter and the span attribute it is written to.
-_COUNTER_ATTRIBUTES: tuple[tuple[str, str], ...] = (
-    ("input_tokens", A.INPUT_TOKENS),
-    ("output_tokens", A.OUTPUT_TOKENS),
-    ("total_tokens", A.TOTAL_TOKENS),
-    ("cached_input_tokens", A.CACHE_READ_INPUT_TOKENS),
-    ("reasoning_tokens", A.REASONING_OUTPUT_TOKENS),
-    *UNIT_COUNTERS,
-)
-
+from .units import BY_NAME, NAMES
 
 # Why a call's usage is flagged: the response had no usage report although its endpoint
 # reports one; it had one that is not valid (wrong type, negative, NaN, absurd, wrong shape);
@@ -37,59 +15,94 @@ MISSING_USAGE = "missing_usage"
 MALFORMED_USAGE = "malformed_usage"
 NON_JSON_BODY = "non_json_body"
 USAGE_PROBLEMS = (MISSING_USAGE, MALFORMED_USAGE, NON_JSON_BODY)
-_FLAGS = frozenset({"estimated", "problem"})
 
 
-@dataclass(slots=True)
 class Usage:
-    """Billable units of one API call. ``None`` means "not reported", never zero."""
+    """Billable units of one API call, by unit name. ``None`` means "not reported", never zero.
 
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    input_audio_tokens: int | None = None
-    input_text_tokens: int | None = None
-    input_image_tokens: int | None = None
-    output_audio_tokens: int | None = None
-    output_image_tokens: int | None = None
-    accepted_prediction_tokens: int | None = None
-    rejected_prediction_tokens: int | None = None
-    image_count: int | None = None
-    image_size: str | None = None
-    image_quality: str | None = None
-    audio_seconds: float | None = None
-    input_characters: int | None = None
-    estimated: bool = False
+    The units are the rows of :mod:`.units`: ``Usage(input_tokens=17, web_search_calls=2)``,
+    ``usage.input_tokens``, ``usage.image_count = 3``. Only the units that were reported are
+    stored (:attr:`values`), so every operation costs what the call reported, not what the
+    table holds.
+    """
+
+    __slots__ = ("estimated", "problem", "values")
+    values: dict[str, Any]
+    estimated: bool
     # Why the reported usage could not be taken as it is (see USAGE_PROBLEMS), or None.
-    problem: str | None = None
+    problem: str | None
+
+    def __init__(self, *, estimated: bool = False, problem: str | None = None, **units: Any):
+        values: dict[str, Any] = {}
+        for name, value in units.items():
+            if value is not None:
+                if name not in NAMES:
+                    raise TypeError(f"Usage has no unit {name!r} (see usage/units.py)")
+                values[name] = value
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "estimated", estimated)
+        object.__setattr__(self, "problem", problem)
+
+    @classmethod
+    def of(
+        cls, values: dict[str, Any], *, estimated: bool = False, problem: str | None = None
+    ) -> Usage:
+        """A Usage holding ``values`` (unit name -> value, no ``None``), taken as they are."""
+        usage = object.__new__(cls)
+        object.__setattr__(usage, "values", values)
+        object.__setattr__(usage, "estimated", estimated)
+        object.__setattr__(usage, "problem", problem)
+        return usage
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not slots: a unit not reported is None.
+        if name in NAMES:
+            return self.values.get(name)
+        raise AttributeError(f"Usage has no unit {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in NAMES:
+            if value is None:
+                self.values.pop(name, None)
+            else:
+                self.values[name] = value
+        elif name in Usage.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"Usage has no unit {name!r} (see usage/units.py)")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return (self.values, self.estimated, self.problem) == (
+            other.values,
+            other.estimated,
+            other.problem,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        parts = [f"{name}={value!r}" for name, value in self.values.items()]
+        if self.estimated:
+            parts.append("estimated=True")
+        if self.problem is not None:
+            parts.append(f"problem={self.problem!r}")
+        return f"Usage({', '.join(parts)})"
 
     def is_empty(self) -> bool:
-        return all(
-            getattr(self, f.name) in (None, False) for f in fields(self) if f.name not in _FLAGS
-        )
+        """No unit reported, or only zero counts."""
+        return all(value in (None, False) for value in self.values.values())
 
     def merge(self, other: Usage) -> None:
         """Fill the units this one lacks from ``other`` (which wins on conflicts)."""
-        for f in fields(self):
-            value = getattr(other, f.name)
-            if value is not None and f.name != "estimated":
-                setattr(self, f.name, value)
-        self.estimated = self.estimated or other.estimated
+        self.values.update(other.values)
+        if other.problem is not None:
+            object.__setattr__(self, "problem", other.problem)
+        object.__setattr__(self, "estimated", self.estimated or other.estimated)
 
-    def to_attributes(self) -> dict[str, int | float | str | bool]:
-        attrs: dict[str, int | float | str | bool] = {}
-        for name, key in _COUNTER_ATTRIBUTES:
-            value = getattr(self, name)
-            if value is not None:
-                attrs[key] = value
-        if self.audio_seconds is not None:
-            attrs[A.AUDIO_SECONDS] = self.audio_seconds
-        if self.image_size is not None:
-            attrs[A.IMAGE_SIZE] = self.image_size
-        if self.image_quality is not None:
-            attrs[A.IMAGE_QUALITY] = self.image_quality
+    def to_attributes(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {BY_NAME[name].attribute: v for name, v in self.values.items()}
         if self.estimated:
             attrs[A.USAGE_ESTIMATED] = True
         if self.problem is not None:

@@ -22,7 +22,6 @@ from ...telemetry import metrics
 from ...telemetry.logging import error_once
 from ...usage import attributes as A
 from ...usage.estimate import estimate_input_tokens, estimate_output_tokens
-from ...usage.extract import REPORTS_USAGE
 from ...usage.model import (
     MALFORMED_USAGE,
     MISSING_USAGE,
@@ -108,6 +107,8 @@ class MeteredCall:
                 self.observer = SSEObserver(self.endpoint.family, self.hide_usage_chunk)
             elif "json" in content_type:
                 self.observer = BodyObserver(self.endpoint.extractor)
+            elif self.endpoint.text_body and "text/plain" in content_type:
+                self.observer = TextBodyObserver(self.endpoint.extractor)
             else:
                 return
             from .body_tap import tap_async, tap_sync
@@ -154,7 +155,10 @@ class MeteredCall:
             observer.feed(response.content)
             observer.flush()
             return observer.usage, observer.info, None
-        # An HTML error page, plain text: no usage (fine for whisper's text formats and speech).
+        if self.endpoint.text_body and "text/plain" in content_type:  # whisper's text formats
+            usage, info = self.endpoint.extractor(response.text)
+            return usage, info, None
+        # An HTML error page, bare audio: no usage (fine for speech, flagged for the others).
         return Usage(problem=NON_JSON_BODY), ResponseInfo(), None
 
     def fail(self, exc: BaseException) -> None:
@@ -243,7 +247,7 @@ class MeteredCall:
         the content deltas of a stream. Endpoints that may carry no usage are not flagged
         for having none.
         """
-        reports = self.endpoint.family in REPORTS_USAGE
+        reports = self.endpoint.reports_usage
         if usage is None:
             if not reports:
                 return None
@@ -256,6 +260,8 @@ class MeteredCall:
         metrics.increment(_PROBLEM_METRICS.get(usage.problem, "usage_malformed"))
         return self._estimate(usage, body, streamed) if reports else usage
 
+    settle = _settle
+
     def _settle_safely(self, usage: Usage | None) -> Usage | None:
         try:
             return self._settle(usage)
@@ -266,7 +272,7 @@ class MeteredCall:
         """The reported counts that are valid, the others estimated (and marked so)."""
         estimate = Usage(input_tokens=estimate_input_tokens(self.kwargs))
         counts = ["input_tokens"]
-        if self.endpoint.family != "embeddings":
+        if self.endpoint.estimates_output:
             estimate.output_tokens = (
                 streamed if streamed is not None else estimate_output_tokens(body)
             )
@@ -295,7 +301,7 @@ class MeteredCall:
             isinstance(exc, ValueError)
             and isinstance(status, int)
             and 200 <= status < 300
-            and self.endpoint.family in REPORTS_USAGE
+            and self.endpoint.reports_usage
         )
 
     # --- the end ---------------------------------------------------------------------------
@@ -309,17 +315,12 @@ class MeteredCall:
         try:
             span = self.span
             attrs: dict[str, Any] = {}
-            source = _usage_source(usage, failed)
-            if self.request_usage is not None:
-                merged = Usage()
-                merged.merge(self.request_usage)
+            if not failed:
+                usage, source = self._with_request_units(usage)
                 if usage is not None:
-                    merged.merge(usage)
-                usage = merged
-                if source == "none" and not failed and not usage.is_empty():
-                    source = "request"  # known from the request alone (speech characters)
-            if usage is not None and not failed:
-                attrs.update(usage.to_attributes())
+                    attrs.update(usage.to_attributes())
+            else:
+                source = "none"
             attrs.update(info.to_attributes())
             self.http_response = None
             if self.request_id:
@@ -333,6 +334,45 @@ class MeteredCall:
         except Exception:
             metrics.increment("instrumentation_errors")
             error_once("finish", "cmdrdata: could not end a span")
+
+    def _with_request_units(self, usage: Usage | None) -> tuple[Usage | None, str]:
+        """The response's usage with what the request alone tells, and where it comes from.
+
+        What the response reported wins over the request's units, which win over the
+        endpoint's fallback estimate (made only when the response reported no tokens).
+        """
+        source = _usage_source(usage)
+        fallback = self.endpoint.fallback
+        estimate = None
+        if fallback is not None and (
+            usage is None or (usage.input_tokens is None and usage.output_tokens is None)
+        ):
+            try:
+                estimate = fallback(self.kwargs)
+            except Exception:
+                error_once("fallback", "cmdrdata: could not estimate a call's usage")
+        if self.request_usage is None and estimate is None:
+            return usage, source
+        merged = Usage()
+        for part in (estimate, self.request_usage, usage):
+            if part is not None:
+                merged.merge(part)
+        if merged.is_empty():
+            return merged, "none"
+        if estimate is not None:
+            metrics.increment("usage_estimated")
+            return merged, "estimate"
+        return merged, "request" if source == "none" else source
+
+
+class TextBodyObserver(BodyObserver):
+    """A text body read through a streaming response (whisper's text, srt, vtt formats)."""
+
+    __slots__ = ()
+
+    def result(self) -> tuple[Usage | None, ResponseInfo]:
+        data = self.head if self.size <= self.FULL else self.tail[-self.KEEP :]
+        return self.extractor(bytes(data).decode("utf-8", "replace"))
 
 
 _PROBLEM_METRICS = {
@@ -363,8 +403,8 @@ def _body_problem(observer: BodyObserver) -> tuple[str, Any]:
         return NON_JSON_BODY, None
 
 
-def _usage_source(usage: Usage | None, failed: bool) -> str:
-    if failed or usage is None or usage.is_empty():
+def _usage_source(usage: Usage | None) -> str:
+    if usage is None or usage.is_empty():
         return "none"
     return "estimate" if usage.estimated else "response"
 

@@ -1,19 +1,30 @@
-"""The billable methods of the ``openai`` SDK, as data.
+"""The billable surfaces of the ``openai`` SDK, as data: one row per method.
 
-Each row names a resource module, its sync and async classes, a method and what
-that method is: a *call* (one HTTP request, one span) or a *stream helper*
-(``.stream()``, which calls ``create`` later, when its manager is entered: it
-opens no span of its own, it only carries the call's attribution to ``create``).
+Each row names where the method is defined (a resource module, its sync and async
+classes, the method), what it is (a *call*: one HTTP request, one span; or a *stream
+helper*: ``.stream()``, which calls ``create`` later, when its manager is entered: it
+opens no span of its own, it only carries the call's attribution to ``create``), the
+HTTP request it makes (so a direct ``client.post(path)`` is metered too), how to read
+the usage of its response (its extractor) and of its event stream (its stream kind
+and terminal events), and which billable units its request alone tells.
+
+Everything else is derived from these rows, once, at import: the modules to hook, the
+path routes of direct calls, the terminal stream event types. Adding a surface is
+adding a row (see ``docs/adding-an-endpoint.md``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ...usage import extract
+from ...usage.model import Usage
+from . import request as R
 
 Role = Literal["call", "stream_helper"]
+RequestUnits = Callable[[Mapping[str, Any]], Usage | None]
 
 
 @dataclass(frozen=True)
@@ -23,85 +34,143 @@ class Endpoint:
     method: str
     operation: str  # gen_ai.operation.name
     api_type: str  # openai.api.type
-    family: str  # how to read usage: see usage.extract
+    extractor: extract.Extractor  # reads usage from its response (SDK object or JSON)
+    # The HTTP method and path (after the client's base URL) of its request: a direct
+    # client.post() to that path is metered as this endpoint. None: not routed by path.
+    http: tuple[str, str] | None = None
+    # How its server-sent events are read (a key of usage.extract.STREAM_READERS), and the
+    # event types that end its stream (besides `data: [DONE]`). None: it never streams.
+    stream: str | None = None
+    terminal_events: tuple[str, ...] = ()
     role: Role = "call"
+    # Every successful response reports token usage: one without it is flagged and estimated.
+    reports_usage: bool = False
+    estimates_output: bool = True  # an estimate also counts output tokens (not embeddings)
     injects_stream_usage: bool = False  # chat/legacy completions: stream_options.include_usage
     output_type: str | None = None  # gen_ai.output.type when the request does not say
+    request_units: RequestUnits | None = None  # units known from the request alone
+    # Units estimated from the request when the response reports no usage at all.
+    fallback: RequestUnits | None = None
+    text_body: bool = False  # a text/* body is read by the extractor (whisper's text formats)
+    # Reserved for surfaces whose usage arrives after the call returns (background
+    # responses, batches, runs): their rows will say where the usage is read later.
+    usage_later: bool = False
 
     @property
-    def extractor(self) -> extract.Extractor:
-        return _EXTRACTORS[self.family]
+    def family(self) -> str:
+        """The stream kind, as the SSE observer takes it."""
+        return self.stream or ""
 
-
-_EXTRACTORS: dict[str, extract.Extractor] = {
-    "chat": extract.extract_chat,
-    "completions": extract.extract_chat,
-    "responses": extract.extract_responses,
-    "embeddings": extract.extract_embeddings,
-    "images": extract.extract_images,
-    "audio_text": extract.extract_audio_text,
-    "speech": extract.extract_nothing,
-    "moderation": extract.extract_moderation,
-}
 
 _CHAT = ("openai.resources.chat.completions.completions", "openai.resources.chat.completions")
 _BETA_CHAT = ("openai.resources.beta.chat.completions",)
 _RESPONSES = ("openai.resources.responses.responses",)
+_BETA_RESPONSES = ("openai.resources.beta.responses.responses",)
 _PAIR_CHAT = ("Completions", "AsyncCompletions")
+_PAIR_RESPONSES = ("Responses", "AsyncResponses")
+_RESPONSE_END = ("response.completed", "response.incomplete", "response.failed")
 
-ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        _CHAT,
+
+def _chat(modules: tuple[str, ...], method: str, **row: Any) -> Endpoint:
+    return Endpoint(
+        modules,
         _PAIR_CHAT,
-        "create",
+        method,
         "chat",
         "chat_completions",
+        extract.extract_chat,
+        http=("POST", "/chat/completions"),
+        stream="chat",
+        reports_usage=True,
+        request_units=R.chat_request_units,
+        **row,
+    )
+
+
+def _responses(modules: tuple[str, ...], method: str, **row: Any) -> Endpoint:
+    return Endpoint(
+        modules,
+        _PAIR_RESPONSES,
+        method,
         "chat",
-        injects_stream_usage=True,
-        output_type="text",
-    ),
-    Endpoint(_CHAT, _PAIR_CHAT, "parse", "chat", "chat_completions", "chat", output_type="json"),
-    Endpoint(_CHAT, _PAIR_CHAT, "stream", "chat", "chat_completions", "chat", role="stream_helper"),
-    Endpoint(
-        _BETA_CHAT, _PAIR_CHAT, "parse", "chat", "chat_completions", "chat", output_type="json"
-    ),
-    Endpoint(
-        _BETA_CHAT, _PAIR_CHAT, "stream", "chat", "chat_completions", "chat", role="stream_helper"
-    ),
-    Endpoint(
-        _RESPONSES,
-        ("Responses", "AsyncResponses"),
+        "responses",
+        extract.extract_responses,
+        http=("POST", "/responses"),
+        stream="responses",
+        terminal_events=_RESPONSE_END,
+        reports_usage=True,
+        **row,
+    )
+
+
+def _compact(modules: tuple[str, ...]) -> Endpoint:
+    return Endpoint(
+        modules,
+        _PAIR_RESPONSES,
+        "compact",
+        "compaction",
+        "responses",
+        extract.extract_responses,
+        http=("POST", "/responses/compact"),
+        reports_usage=True,
+    )
+
+
+def _images(method: str, operation: str, path: str, stream: str | None) -> Endpoint:
+    return Endpoint(
+        ("openai.resources.images",),
+        ("Images", "AsyncImages"),
+        method,
+        operation,
+        "images",
+        extract.extract_images,
+        http=("POST", path),
+        stream="images" if stream else None,
+        terminal_events=(stream,) if stream else (),
+        output_type="image",
+        request_units=R.image_request_units,
+    )
+
+
+def _audio_text(module: str, classes: tuple[str, str], operation: str, path: str) -> Endpoint:
+    streams = operation == "audio_transcription"
+    return Endpoint(
+        (module,),
+        classes,
         "create",
-        "chat",
-        "responses",
-        "responses",
+        operation,
+        "audio",
+        extract.extract_audio_text,
+        http=("POST", path),
+        stream="audio_text" if streams else None,
+        terminal_events=("transcript.text.done",) if streams else (),
         output_type="text",
-    ),
-    Endpoint(
-        _RESPONSES,
-        ("Responses", "AsyncResponses"),
-        "parse",
-        "chat",
-        "responses",
-        "responses",
-        output_type="json",
-    ),
-    Endpoint(
-        _RESPONSES,
-        ("Responses", "AsyncResponses"),
-        "stream",
-        "chat",
-        "responses",
-        "responses",
-        role="stream_helper",
-    ),
+        text_body=True,
+    )
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    _chat(_CHAT, "create", injects_stream_usage=True, output_type="text"),
+    _chat(_CHAT, "parse", output_type="json"),
+    _chat(_CHAT, "stream", role="stream_helper"),
+    _chat(_BETA_CHAT, "parse", output_type="json"),
+    _chat(_BETA_CHAT, "stream", role="stream_helper"),
+    _responses(_RESPONSES, "create", output_type="text"),
+    _responses(_RESPONSES, "parse", output_type="json"),
+    _responses(_RESPONSES, "stream", role="stream_helper"),
+    _compact(_RESPONSES),
+    _responses(_BETA_RESPONSES, "create", output_type="text"),
+    _compact(_BETA_RESPONSES),
     Endpoint(
         ("openai.resources.completions",),
         _PAIR_CHAT,
         "create",
         "text_completion",
         "completions",
-        "completions",
+        extract.extract_chat,
+        http=("POST", "/completions"),
+        stream="completions",
+        reports_usage=True,
         injects_stream_usage=True,
         output_type="text",
     ),
@@ -111,52 +180,25 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "create",
         "embeddings",
         "embeddings",
-        "embeddings",
+        extract.extract_embeddings,
+        http=("POST", "/embeddings"),
+        reports_usage=True,
+        estimates_output=False,
     ),
-    Endpoint(
-        ("openai.resources.images",),
-        ("Images", "AsyncImages"),
-        "generate",
-        "image_generation",
-        "images",
-        "images",
-        output_type="image",
-    ),
-    Endpoint(
-        ("openai.resources.images",),
-        ("Images", "AsyncImages"),
-        "edit",
-        "image_edit",
-        "images",
-        "images",
-        output_type="image",
-    ),
-    Endpoint(
-        ("openai.resources.images",),
-        ("Images", "AsyncImages"),
-        "create_variation",
-        "image_variation",
-        "images",
-        "images",
-        output_type="image",
-    ),
-    Endpoint(
-        ("openai.resources.audio.transcriptions",),
+    _images("generate", "image_generation", "/images/generations", "image_generation.completed"),
+    _images("edit", "image_edit", "/images/edits", "image_edit.completed"),
+    _images("create_variation", "image_variation", "/images/variations", None),
+    _audio_text(
+        "openai.resources.audio.transcriptions",
         ("Transcriptions", "AsyncTranscriptions"),
-        "create",
         "audio_transcription",
-        "audio",
-        "audio_text",
-        output_type="text",
+        "/audio/transcriptions",
     ),
-    Endpoint(
-        ("openai.resources.audio.translations",),
+    _audio_text(
+        "openai.resources.audio.translations",
         ("Translations", "AsyncTranslations"),
-        "create",
         "audio_translation",
-        "audio",
-        "audio_text",
-        output_type="text",
+        "/audio/translations",
     ),
     Endpoint(
         ("openai.resources.audio.speech",),
@@ -164,8 +206,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "create",
         "audio_speech",
         "audio",
-        "speech",
+        extract.extract_nothing,
+        http=("POST", "/audio/speech"),
+        stream="speech",
+        terminal_events=("speech.audio.done",),
         output_type="speech",
+        request_units=R.speech_request_units,
+        fallback=R.speech_token_estimate,
     ),
     Endpoint(
         ("openai.resources.moderations",),
@@ -173,12 +220,73 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "create",
         "moderation",
         "moderations",
-        "moderation",
+        extract.extract_moderation,
+        http=("POST", "/moderations"),
+    ),
+    Endpoint(
+        ("openai.resources.decisions",),
+        ("Decisions", "AsyncDecisions"),
+        "create",
+        "decision",
+        "decisions",
+        extract.extract_decision,
+        http=("POST", "/decisions"),
+        reports_usage=True,
     ),
 )
 
+# A direct call to a path no row knows whose JSON answer has a usage object: tokens only.
+GENERIC = Endpoint(
+    (),
+    ("", ""),
+    "post",
+    "unknown",
+    "generic",
+    extract.extract_generic,
+)
+
+# --- derived once -------------------------------------------------------------------------
+
+# (HTTP method, path) -> the row a direct call to it is metered as (the first call row).
+ROUTES: dict[tuple[str, str], Endpoint] = {}
+for _row in ENDPOINTS:
+    if _row.http is not None and _row.role == "call":
+        ROUTES.setdefault(_row.http, _row)
+# The first path segments of OpenAI's own API: a direct call under one of them that no row
+# routes (a retrieval, a cancel, a batch, a run...) is never metered generically (its usage
+# is a stored call's, or another surface's); one whose answer carries usage is counted.
+OPENAI_ROOTS: frozenset[str] = frozenset(
+    {row.http[1].split("/")[1] for row in ENDPOINTS if row.http is not None}
+    | {
+        "admin",
+        "assistants",
+        "batches",
+        "beta",
+        "chatkit",
+        "containers",
+        "conversations",
+        "evals",
+        "files",
+        "fine_tuning",
+        "live",
+        "models",
+        "organization",
+        "realtime",
+        "skills",
+        "threads",
+        "uploads",
+        "vector_stores",
+        "videos",
+    }
+)
+# Every event type that ends a stream of some endpoint.
+TERMINAL_EVENT_TYPES: tuple[str, ...] = tuple(
+    dict.fromkeys(name for row in ENDPOINTS for name in row.terminal_events)
+)
+
 # Where the SDK turns an HTTP response into what the caller gets: one hook sees every
-# billable response whichever entry point made it (plain, raw, streaming response).
+# billable response whichever entry point made it (plain, raw, streaming response), and
+# every direct client.post() too.
 BASE_CLIENT_MODULE = "openai._base_client"
 PROCESS_RESPONSE = (("SyncAPIClient", "_process_response"), ("AsyncAPIClient", "_process_response"))
 

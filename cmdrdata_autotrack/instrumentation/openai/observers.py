@@ -31,6 +31,7 @@ from typing import Any
 
 from ...usage.extract import Extractor, extract_stream_event, field
 from ...usage.model import ResponseInfo, Usage
+from .endpoints import TERMINAL_EVENT_TYPES
 
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,64})"')
 _DELTA = re.compile(rb'"(?:content|delta|text)"\s*:\s*"(?!")')
@@ -47,16 +48,8 @@ END_WINDOW = 16 * 1024
 _USAGE_TEXT = re.compile(r'"usage"\s*:\s*\{')
 _HEAD_MODEL = re.compile(r'"model"\s*:\s*"([^"]{1,256})"')
 _HEAD_ID = re.compile(r'"id"\s*:\s*"([^"]{1,256})"')
-# Event types that end a stream (besides ``data: [DONE]``).
-_TERMINAL_TYPES = (
-    b'"response.completed"',
-    b'"response.incomplete"',
-    b'"response.failed"',
-    b'"transcript.text.done"',
-    b'"image_generation.completed"',
-    b'"image_edit.completed"',
-    b'"speech.audio.done"',
-)
+# Event types that end a stream (besides ``data: [DONE]``): the endpoint table says.
+_TERMINAL_TYPES = tuple(f'"{name}"'.encode() for name in TERMINAL_EVENT_TYPES)
 _TERMINAL_TYPE_NAMES = frozenset(t.strip(b'"').decode() for t in _TERMINAL_TYPES)
 
 # --- SSE framing --------------------------------------------------------------------------

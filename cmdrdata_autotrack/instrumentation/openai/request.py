@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...usage import attributes as A
+from ...usage.estimate import estimate_speech_tokens
 from ...usage.model import Usage
 
 # Hosts that are OpenAI's own API: stream usage is requested there by default.
@@ -115,18 +116,58 @@ def request_attributes(kwargs: Mapping[str, Any], output_type: str | None) -> di
     return attrs
 
 
-def request_usage(family: str, kwargs: Mapping[str, Any]) -> Usage | None:
-    """Billable units known from the request alone (speech characters, image size/quality)."""
-    if family == "speech":
-        text = _text(arg(kwargs, "input"))
-        return Usage(input_characters=len(text)) if text is not None else None
-    if family == "images":
-        size, quality = _text(arg(kwargs, "size")), _text(arg(kwargs, "quality"))
-        return Usage(
-            image_size=size[:32] if size else None,
-            image_quality=quality[:32] if quality else None,
-        )
-    return None
+def chat_request_units(kwargs: Mapping[str, Any]) -> Usage | None:
+    """A chat completion made with ``web_search_options`` runs one web search."""
+    return Usage(web_search_calls=1) if arg(kwargs, "web_search_options") is not None else None
+
+
+def image_request_units(kwargs: Mapping[str, Any]) -> Usage | None:
+    """The size and quality asked for (the response's win when it says)."""
+    size, quality = _text(arg(kwargs, "size")), _text(arg(kwargs, "quality"))
+    if not size and not quality:
+        return None
+    return Usage(
+        image_size=size[:32] if size else None,
+        image_quality=quality[:32] if quality else None,
+    )
+
+
+def speech_request_units(kwargs: Mapping[str, Any]) -> Usage | None:
+    """Speech is billed by its input: its characters are known before the audio."""
+    text = _text(arg(kwargs, "input"))
+    return Usage(input_characters=len(text)) if text is not None else None
+
+
+# Speech models billed per character of input; the others are billed by tokens.
+CHARACTER_BILLED_SPEECH = ("tts-1",)
+
+
+def speech_token_estimate(kwargs: Mapping[str, Any]) -> Usage | None:
+    """Estimated tokens of a token-billed speech model that answered with bare audio.
+
+    Without ``stream_format="sse"`` the answer is the audio alone, with no usage: the
+    tokens are estimated from the input's characters (and flagged), so the call is not
+    costed at zero. Character-billed models (``tts-1``, ``tts-1-hd``) need no estimate.
+    """
+    model = model_name(arg(kwargs, "model")) or ""
+    text = _text(arg(kwargs, "input"))
+    if text is None or model.lower().startswith(CHARACTER_BILLED_SPEECH):
+        return None
+    text_tokens, audio_tokens = estimate_speech_tokens(len(text))
+    return Usage(
+        input_tokens=text_tokens,
+        input_text_tokens=text_tokens,
+        output_tokens=audio_tokens,
+        output_audio_tokens=audio_tokens,
+        total_tokens=text_tokens + audio_tokens,
+        estimated=True,
+    )
+
+
+def direct_kwargs(options: Any) -> dict[str, Any]:
+    """The request parameters of a direct ``client.post(path, body=...)`` call, read-only."""
+    body = getattr(options, "json_data", None)
+    return dict(body) if isinstance(body, Mapping) else {}
 
 
 def server_attributes(base_url: Any) -> dict[str, Any]:

@@ -8,13 +8,15 @@
   ``create`` later from their manager: it resolves the attribution now and
   carries it to that ``create`` inside ``extra_headers`` (removed before sending).
 * :func:`process_response_hook` sees the SDK's final HTTP response of the
-  current call, whatever entry point made it, and taps streamed bodies.
+  current call, whatever entry point made it, and taps streamed bodies; with no
+  patched method active it meters direct calls (see :mod:`.direct`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -29,12 +31,23 @@ from ...tracing.provider import TracerSource
 from ...usage import attributes as A
 from ...usage.model import Usage
 from ..peers import PeerWatch
+from . import direct
 from . import request as R
 from .call import MeteredCall
 from .endpoints import Endpoint
+from .providers import provider_name
 
+
+class Untracked:
+    """A patched method's call that is not metered (``track_usage=False``, metering off)."""
+
+    __slots__ = ()
+
+
+# A patched method is not metered: the hook must not meter its request as a direct call.
+UNTRACKED = Untracked()
 # The call whose SDK request is in progress in this context (helpers nest inside it).
-ACTIVE: contextvars.ContextVar[MeteredCall | None] = contextvars.ContextVar(
+ACTIVE: contextvars.ContextVar[MeteredCall | Untracked | None] = contextvars.ContextVar(
     "cmdrdata_active_call", default=None
 )
 CARRY_HEADER = "X-Cmdrdata-Carry"
@@ -79,10 +92,10 @@ class Runtime:
             cached = None
         if cached is not None and cached[0] is base_url:
             return cached[1]
-        azure = any(c.__name__ in ("AzureOpenAI", "AsyncAzureOpenAI") for c in type(client).__mro__)
-        provider = "azure.ai.openai" if azure else "openai"
+        server = R.server_attributes(base_url)
+        provider = provider_name(client, server.get(A.SERVER_ADDRESS))
         attrs: dict[str, Any] = {A.PROVIDER_NAME: provider, A.SYSTEM: provider}
-        attrs.update(R.server_attributes(base_url))
+        attrs.update(server)
         with contextlib.suppress(TypeError):
             self._clients[client] = (base_url, attrs)
         return attrs
@@ -90,16 +103,22 @@ class Runtime:
     def begin(
         self,
         endpoint: Endpoint,
-        resource: Any,
+        client: Any,
         kwargs: dict[str, Any],
         attribution: Attribution,
+        *,
+        direct: bool = False,
+        elapsed_ns: int = 0,
     ) -> MeteredCall:
-        """Open the call's span. Odd input drops only the part it spoils, never the span."""
+        """Open the call's span. Odd input drops only the part it spoils, never the span.
+
+        ``direct``: a direct ``client.post()`` whose response is here already (its request
+        was sent as the caller made it); ``elapsed_ns``: how long ago it started.
+        """
         settings = self.settings
         parts = _Parts(endpoint.method)
-        client = getattr(resource, "_client", None)
         base = parts.read("server", _no_attrs, lambda: self.client_attributes(client))
-        hide = parts.read(
+        hide = not direct and parts.read(
             "stream_usage",
             bool,
             lambda: (
@@ -137,15 +156,18 @@ class Runtime:
             attrs[A.TRACE_SUPPRESSED] = True
         if settings.capture_content:
             attrs.update(parts.read("content", _no_attrs, lambda: R.content_attributes(kwargs)))
-        request_usage = parts.read(
-            "request_usage", _no_usage, lambda: R.request_usage(endpoint.family, kwargs)
+        units = endpoint.request_units
+        request_usage = (
+            parts.read("request_usage", _no_usage, lambda: units(kwargs)) if units else None
         )
         if parts.dropped:
             attrs[A.METERING_DEGRADED] = True
             attrs[A.METERING_DROPPED] = list(dict.fromkeys(parts.dropped))
-        span = self._start_span(endpoint, attrs)
+        span = self._start_span(endpoint, attrs, elapsed_ns)
         call = MeteredCall(span, endpoint, kwargs, request_usage, hide)
-        call.current = not suppressed  # the other instrumentation's span stays the parent
+        if elapsed_ns:
+            call.started -= elapsed_ns / 1e9
+        call.current = not suppressed and not direct  # another span stays the parent
         return call
 
     def begin_degraded(
@@ -183,10 +205,13 @@ class Runtime:
             error_once("begin-degraded", "cmdrdata: could not meter a call, even minimally")
             return None
 
-    def _start_span(self, endpoint: Endpoint, attrs: dict[str, Any]) -> Any:
+    def _start_span(self, endpoint: Endpoint, attrs: dict[str, Any], elapsed_ns: int = 0) -> Any:
         model = attrs.get(A.REQUEST_MODEL)
         name = f"{endpoint.operation} {model}" if model else endpoint.operation
-        return self.tracers.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        start = time.time_ns() - elapsed_ns if elapsed_ns else None
+        return self.tracers.tracer().start_span(
+            name, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
+        )
 
 
 def _no_usage() -> Usage | None:
@@ -272,7 +297,7 @@ def _start(
     try:
         if attribution is None:
             attribution = resolve(customer, metadata, runtime.settings.customer_id)
-        return runtime.begin(endpoint, resource, kwargs, attribution)
+        return runtime.begin(endpoint, getattr(resource, "_client", None), kwargs, attribution)
     except Exception:
         metrics.increment("instrumentation_errors")
         error_once("begin:" + endpoint.method, "cmdrdata: could not start metering a call")
@@ -280,6 +305,29 @@ def _start(
 
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _untracked(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a patched method that is not metered, so that its request is not metered either."""
+    if ACTIVE.get() is not None:  # inside a metered call: that call meters the request
+        return wrapped(*args, **kwargs)
+    token = ACTIVE.set(UNTRACKED)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        ACTIVE.reset(token)
+
+
+async def _untracked_async(
+    wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if ACTIVE.get() is not None:
+        return await wrapped(*args, **kwargs)
+    token = ACTIVE.set(UNTRACKED)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        ACTIVE.reset(token)
 
 
 def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrapper:
@@ -293,7 +341,7 @@ def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrappe
         ) -> Any:
             call = _start(runtime, endpoint, instance, kwargs)
             if call is None:
-                return await wrapped(*args, **kwargs)
+                return await _untracked_async(wrapped, args, kwargs)
             token = ACTIVE.set(call)
             call.activate()
             try:
@@ -314,7 +362,7 @@ def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrappe
     ) -> Any:
         call = _start(runtime, endpoint, instance, kwargs)
         if call is None:
-            return wrapped(*args, **kwargs)
+            return _untracked(wrapped, args, kwargs)
         token = ACTIVE.set(call)
         call.activate()
         try:
@@ -352,17 +400,55 @@ def stream_helper_wrapper(runtime: Runtime, endpoint: Endpoint) -> Wrapper:
     return wrapper
 
 
-def process_response_hook(is_async: bool) -> Wrapper:
-    """Sees ``_process_response(response=..., retries_taken=...)`` of the active call."""
+def process_response_hook(is_async: bool, runtime: Runtime | None = None) -> Wrapper:
+    """Sees ``_process_response(response=..., retries_taken=...)`` of every SDK request.
+
+    With a patched method's call active, its response goes to that call; with none, a
+    direct call to a billable path is metered here (see :mod:`.direct`).
+    """
 
     def hook(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         call = ACTIVE.get()
-        if call is not None:
+        if isinstance(call, MeteredCall):
             response = kwargs.get("response")
             if response is not None:
                 call.on_http_response(response, kwargs.get("retries_taken"), is_async)
-        return wrapped(*args, **kwargs)
+            return wrapped(*args, **kwargs)
+        if call is not None or runtime is None or not runtime.metering:
+            return wrapped(*args, **kwargs)
+        found = _begin_direct(runtime, instance, kwargs)
+        if found is None:
+            return wrapped(*args, **kwargs)
+        found.on_http_response(kwargs.get("response"), kwargs.get("retries_taken"), is_async)
+        if is_async:
+            return _finish_direct_async(found, wrapped(*args, **kwargs))
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            found.fail(exc)
+            raise
+        found.complete(result)
+        return result
 
     return hook
+
+
+def _begin_direct(runtime: Runtime, client: Any, kwargs: dict[str, Any]) -> MeteredCall | None:
+    try:
+        return direct.begin(runtime, client, kwargs)
+    except Exception:
+        metrics.increment("instrumentation_errors")
+        error_once("direct", "cmdrdata: could not meter a direct call")
+        return None
+
+
+async def _finish_direct_async(call: MeteredCall, pending: Any) -> Any:
+    try:
+        result = await pending
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    call.complete(result)
+    return result
