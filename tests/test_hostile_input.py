@@ -1064,4 +1064,4 @@ def test_the_example_event_is_valid() -> None:
         (Path(__file__).resolve().parent.parent / "docs" / "usage-event.example.json").read_text()
     )
     assert validate(example, SCHEMA) == []
-    assert example["schema_version"] == "1.1"
+    assert example["schema_version"] == "1.2"

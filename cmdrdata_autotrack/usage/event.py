@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._version import __version__
+from ..limits import BLOCKED_ATTRIBUTE, EXCEEDED_ATTRIBUTE
 from . import attributes as A
 from .fields import count, seconds
 from .model import USAGE_PROBLEMS
 from .units import BY_ATTRIBUTE, MAX_ID, Unit
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 USAGE_SOURCES = frozenset({"response", "estimate", "request", "none"})
 # Event ids are derived from the span's identity: the same span always gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
@@ -155,6 +156,7 @@ def build_event(
     units = event_units(a)
     success = ok and error_type is None
     finish = a.get(A.RESPONSE_FINISH_REASONS)
+    over = a.get(EXCEEDED_ATTRIBUTE)
     return {
         # --- the cmdrdata-openai format ---------------------------------------------------
         "customer_id": customer
@@ -211,4 +213,9 @@ def build_event(
         "trace_id": f"{trace_id:032x}",
         "span_id": f"{span_id:016x}",
         "server_address": clean_text(a.get(A.SERVER_ADDRESS)),
+        # --- added in schema 1.2 ------------------------------------------------------------
+        "limit_exceeded": [n for n in (clean_text(x, 64) for x in over) if n][:16]
+        if isinstance(over, list | tuple)
+        else [],
+        "blocked": a.get(BLOCKED_ATTRIBUTE) is True,
     }

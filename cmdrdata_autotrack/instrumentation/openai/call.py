@@ -12,12 +12,13 @@ import contextlib
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from ... import limits
 from ...telemetry import metrics
 from ...telemetry.logging import error_once
 from ...usage import attributes as A
@@ -32,12 +33,17 @@ from ...usage.model import (
 from .endpoints import Endpoint
 from .observers import BodyObserver, SSEObserver
 
+if TYPE_CHECKING:
+    from ...attribution.resolve import Attribution
+    from ...limits.engine import Reservation
+
 
 class MeteredCall:
     __slots__ = (
         "_ended",
         "_lock",
         "_otel_token",
+        "attribution",
         "current",
         "deferred",
         "endpoint",
@@ -45,6 +51,7 @@ class MeteredCall:
         "hide_usage_chunk",
         "http_response",
         "kwargs",
+        "limit",
         "observer",
         "reading",
         "request_id",
@@ -79,6 +86,8 @@ class MeteredCall:
         self._lock = threading.Lock()
         self._otel_token: object = None
         self.current = True
+        self.attribution: Attribution | None = None  # set by Runtime.begin
+        self.limit: Reservation | None = None  # what the customer's limits counted for it
 
     # --- the synchronous part of the call ------------------------------------------------
 
@@ -322,6 +331,8 @@ class MeteredCall:
             else:
                 source = "none"
             attrs.update(info.to_attributes())
+            if self.limit is not None:  # count its usage against the customer's limits
+                limits.settle_call(self, usage, info.model, failed)
             self.http_response = None
             if self.request_id:
                 attrs[A.OPENAI_REQUEST_ID] = self.request_id

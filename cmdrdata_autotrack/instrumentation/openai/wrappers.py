@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
+from ... import limits
 from ...attribution.resolve import Attribution, resolve
 from ...config import Settings
 from ...telemetry import metrics
@@ -165,6 +166,7 @@ class Runtime:
             attrs[A.METERING_DROPPED] = list(dict.fromkeys(parts.dropped))
         span = self._start_span(endpoint, attrs, elapsed_ns)
         call = MeteredCall(span, endpoint, kwargs, request_usage, hide)
+        call.attribution = attribution  # whose limits apply (limits.admit_call)
         if elapsed_ns:
             call.started -= elapsed_ns / 1e9
         call.current = not suppressed and not direct  # another span stays the parent
@@ -342,6 +344,8 @@ def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrappe
             call = _start(runtime, endpoint, instance, kwargs)
             if call is None:
                 return await _untracked_async(wrapped, args, kwargs)
+            if limits.ENGINE is not None:  # may raise CustomerLimitExceeded: nothing sent
+                limits.admit_call(call, getattr(instance, "_client", None))
             token = ACTIVE.set(call)
             call.activate()
             try:
@@ -363,6 +367,8 @@ def call_wrapper(runtime: Runtime, endpoint: Endpoint, is_async: bool) -> Wrappe
         call = _start(runtime, endpoint, instance, kwargs)
         if call is None:
             return _untracked(wrapped, args, kwargs)
+        if limits.ENGINE is not None:  # may raise CustomerLimitExceeded: nothing is sent
+            limits.admit_call(call, getattr(instance, "_client", None))
         token = ACTIVE.set(call)
         call.activate()
         try:
