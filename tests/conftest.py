@@ -32,6 +32,8 @@ from cmdrdata_autotrack import agent
 from fake_openai import FakeOpenAI, start_server
 
 # The agent's settings in this process; tests change them through `agent_settings`.
+# Read before the agent's variables are cleared below (tests/run.sh sets it under CI).
+REQUIRE_SYSTEM_TOOLS = os.environ.get("CMDRDATA_REQUIRE_SYSTEM_TOOLS") == "1"
 for _name in [n for n in os.environ if n.startswith("CMDRDATA_")]:
     del os.environ[_name]
 # Never touch the user's own spool or ledger.
@@ -173,6 +175,6 @@ def system_tool(name: str, *alternatives: str) -> str | None:
         found = shutil.which(candidate)
         if found:
             return found
-    if os.environ.get("CMDRDATA_REQUIRE_SYSTEM_TOOLS") == "1":
+    if REQUIRE_SYSTEM_TOOLS:
         raise RuntimeError(f"{name} is required under CI; tests/run.sh installs it")
     return None

@@ -11,12 +11,14 @@ VENVS=${CMDRDATA_TEST_VENVS:-.venv-test}
 SDK_RANGES=${CMDRDATA_TEST_OPENAI:-">=1,<2 >=2,<3 >=3,<4"}
 
 # System packages some tests drive for real: headless Chromium renders the HTML
-# report, redis-server holds the fleet-wide limit counters. Installed from Debian's
+# report, redis-server holds the fleet-wide limit counters, PostgreSQL is the
+# fleet ledger. Installed from Debian's
 # packages when missing (as root); elsewhere those tests skip and say why, except
 # under CI (CMDRDATA_REQUIRE_SYSTEM_TOOLS=1), where a missing tool fails them.
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || missing="$missing postgresql"
 if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "== apt-get install$missing"
   apt-get update -qq >/dev/null

@@ -248,7 +248,7 @@ def total(rows: Iterable[ReportRow]) -> ReportRow:
 class UsageReport:
     """Everything the outputs show: rows per customer and model, and per day and customer."""
 
-    ledger: Path
+    ledger: Path | str  # the ledger file, or where the fleet ledger is
     since: float | None
     until: float | None
     customer: str | None
