@@ -15,6 +15,7 @@ from typing import Any
 from .._version import __version__
 from ..config import Settings
 from ..export import identity as identities
+from ..export import pending
 from ..export.client import endpoints_problem, key_problem
 from ..export.spool import Spool
 from ..export.sqlite import DamagedDatabase, is_damage
@@ -121,6 +122,9 @@ def checks(settings: Settings, network: bool) -> list[Check]:
             found.append(Check("spool", FAIL, f"{damage}: {damage.advice}"))
     else:
         found.append(Check("spool", OK, f"empty (none yet at {where.spool_path})"))
+    waiting_work = pending.summary(where.journal_dir.parent)
+    if waiting_work is not None:
+        found.append(Check("deferred work", WARN if waiting_work[0] else OK, waiting_work[1]))
     return found
 
 

@@ -26,6 +26,7 @@ from ..usage.attributes import (
     RESPONSE_TIME_TO_FIRST_CHUNK,
 )
 from ..usage.event import build_event
+from ..usage.work import makes_no_event
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -51,6 +52,8 @@ class MeteringSpanProcessor(SpanProcessor):
             scope = span.instrumentation_scope
             ours = scope is not None and scope.name == INSTRUMENTATION_SCOPE
             if not attributes or not (ours or METERED_MARK in attributes):
+                return
+            if makes_no_event(attributes):  # deferred work not finished: traces only
                 return
             metrics.increment("spans_metered")
             context = span.context

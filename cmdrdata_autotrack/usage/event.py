@@ -25,6 +25,7 @@ from . import attributes as A
 from .fields import count, seconds
 from .model import USAGE_PROBLEMS
 from .units import BY_ATTRIBUTE, MAX_ID, Unit
+from .work import event_id_override
 
 SCHEMA_VERSION = "1.2"
 USAGE_SOURCES = frozenset({"response", "estimate", "request", "none"})
@@ -189,7 +190,7 @@ def build_event(
             "success": success,
         },
         # --- added by cmdrdata-autotrack (schema 1.0) --------------------------------------
-        "event_id": event_id_for(trace_id, span_id),
+        "event_id": event_id_override(a) or event_id_for(trace_id, span_id),
         "schema_version": SCHEMA_VERSION,
         "timestamp_ms": end_ns // 1_000_000,
         "operation": clean_text(a.get(A.OPERATION_NAME), 64),

@@ -30,6 +30,7 @@ from ...usage.model import (
     ResponseInfo,
     Usage,
 )
+from . import deferred
 from .endpoints import Endpoint
 from .observers import BodyObserver, SSEObserver
 
@@ -339,6 +340,7 @@ class MeteredCall:
             if self.resend_count:
                 attrs[A.HTTP_RESEND_COUNT] = self.resend_count
             attrs[A.USAGE_SOURCE] = source
+            deferred.settle(self, attrs, info, failed)  # usage that comes later
             span.set_attributes(attrs)
             span.end()
             metrics.increment("calls_metered")

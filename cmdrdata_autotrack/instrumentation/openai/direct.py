@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ...attribution.resolve import resolve
 from ...telemetry import metrics
 from ...telemetry.logging import warn_once
+from . import deferred
 from . import request as R
 from .endpoints import GENERIC, OPENAI_ROOTS, ROUTES, Endpoint
 
@@ -69,6 +70,8 @@ def begin(runtime: Runtime, client: Any, hook: dict[str, Any]) -> MeteredCall | 
         return None
     method = request.method
     path = relative_path(str(client.base_url.path), request.url.path)
+    if deferred.route(method, path) is not None:  # usage that comes later
+        return deferred.begin(runtime, client, hook, path)
     endpoint = ROUTES.get((method, path))
     if endpoint is None:
         if method == "POST":

@@ -392,7 +392,9 @@ def stream_helper_wrapper(runtime: Runtime, endpoint: Endpoint) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         customer, metadata, track, _ = _take_agent_kwargs(kwargs)
-        if runtime.metering:
+        # Resuming a stored response (response_id=) calls retrieve, not create: a
+        # carried header would go out with it. Its usage is the create's (deferred).
+        if runtime.metering and R.arg(kwargs, "response_id") is None:
             try:
                 attribution = (
                     resolve(customer, metadata, runtime.settings.customer_id) if track else None
