@@ -100,12 +100,33 @@ SETTINGS: tuple[Setting, ...] = (
         "batch_size",
         "CMDRDATA_BATCH_SIZE",
         "int",
-        "1",
-        "Events per delivery request. 1 (the default) posts each event to the events API; "
-        "more posts batches to the batch endpoint.",
+        "500",
+        "Most events per delivery request: what has accumulated (up to this many, and about "
+        "1 MB) goes as one request to the batch endpoint. 1 posts each event on its own to "
+        "the events endpoint.",
         option="--batch-size",
         minimum=1,
         maximum=1000,
+    ),
+    Setting(
+        "max_in_flight",
+        "CMDRDATA_MAX_IN_FLIGHT",
+        "int",
+        "4",
+        "Delivery requests a process may have in flight at once, each with its own events, "
+        "when a backlog is waiting.",
+        minimum=1,
+        maximum=64,
+    ),
+    Setting(
+        "batch_linger",
+        "CMDRDATA_BATCH_LINGER",
+        "float",
+        "0.2",
+        "Seconds a request that is not full waits after the previous one, so that events "
+        "arriving one by one share a request (0: send at once).",
+        minimum=0,
+        maximum=5,
     ),
     Setting(
         "batch_endpoint",
@@ -240,6 +261,35 @@ SETTINGS: tuple[Setting, ...] = (
         "usage chunk is hidden from the caller.",
         option="--stream-usage",
         choices=("auto", "always", "never"),
+    ),
+    Setting(
+        "limits_file",
+        "CMDRDATA_LIMITS_FILE",
+        "str",
+        None,
+        "A TOML file of per-customer, per-plan and default limits on requests, tokens and "
+        "cost (see the Limits page). Off when unset.",
+        option="--limits",
+    ),
+    Setting(
+        "limits_redis_url",
+        "CMDRDATA_LIMITS_REDIS_URL",
+        "str",
+        None,
+        "Keep the limits' counters in this Redis (`redis://host:6379/0`) so every machine "
+        "shares them. Unset: shared by the processes of this machine (SQLite in the spool "
+        "folder). Needs `cmdrdata-autotrack[redis]`.",
+        secret=True,
+    ),
+    Setting(
+        "limits_sync_interval",
+        "CMDRDATA_LIMITS_SYNC_INTERVAL",
+        "float",
+        "0.2",
+        "Seconds between two syncs of a process's limit counters with the shared store: how "
+        "late a process sees the others' usage (the overshoot bound).",
+        minimum=0.01,
+        maximum=60,
     ),
     Setting(
         "capture_content",
@@ -411,7 +461,9 @@ class Settings:
     api_key: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
     timeout: float = 5.0
-    batch_size: int = 1
+    batch_size: int = 500
+    max_in_flight: int = 4
+    batch_linger: float = 0.2
     batch_endpoint: str | None = None
     spool_dir: str | None = None
     spool_max_mb: float = 256.0
@@ -427,6 +479,9 @@ class Settings:
     unattributed_customer: str = "unattributed"
     customer_id: str | None = None
     stream_usage: str = "auto"
+    limits_file: str | None = None
+    limits_redis_url: str | None = None
+    limits_sync_interval: float = 0.2
     capture_content: bool = False
     traces_exporter: str | None = None
     service_name: str | None = None

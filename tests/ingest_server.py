@@ -33,7 +33,16 @@ FIFO script: each request takes the fault at the head of the queue, which then
 applies to ``times`` requests in all (``None``: until :meth:`~IngestServer.clear`).
 They apply to whole HTTP requests, batches included, before routing and
 authentication.  :meth:`~IngestServer.reject_event` instead rejects one
-``event_id`` wherever it appears, every time.  Both can echo the request's
+``event_id`` wherever it appears, every time.
+
+Two settings apply to every request, whatever the script says: ``latency``
+(seconds each answer is held, as a distant API would; requests are held
+concurrently) and ``fail_ratio`` (the share of requests answered
+``fail_status``, 503 by default, drawn from a RNG seeded with ``seed``, so a
+run is repeatable)::
+
+    server.latency = 0.05
+    server.fail_ratio = 0.6  Both can echo the request's
 headers in the error body (``echo_headers=True``), as careless servers do, to
 check that a client never stores or prints what comes back.
 
@@ -45,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import random
 import socket
 import socketserver
 import struct
@@ -150,10 +160,18 @@ class IngestServer:
     may be called from any thread.
     """
 
-    def __init__(self, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, seed: int = 0
+    ) -> None:
         self.api_key = api_key
         self.host = host
         self.port = port
+        #: Seconds every answer is held before it is sent (a distant API).
+        self.latency = 0.0
+        #: Share of requests answered ``fail_status`` (seeded: repeatable).
+        self.fail_ratio = 0.0
+        self.fail_status = 503
+        self._rng = random.Random(seed)
         #: Every request answered (or faulted), in the order they were answered.
         self.requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
@@ -407,6 +425,13 @@ class IngestServer:
             self._arrivals += 1
             self._changed.notify_all()
             if not self._faults:
+                if self.fail_ratio > 0 and self._rng.random() < self.fail_ratio:
+                    return _Fault(
+                        "status",
+                        1,
+                        status=self.fail_status,
+                        body={"error": "random failure", "status": self.fail_status},
+                    )
                 return None
             fault = self._faults[0]
             if fault.remaining is not None:
@@ -698,6 +723,10 @@ class _Handler(BaseHTTPRequestHandler):
         ingest = self.server.ingest
         fault = ingest._arrive()
         kind = fault.kind if fault is not None else None
+        if ingest.latency > 0 and self.server.stopping.wait(ingest.latency):
+            ingest._record(incoming, None, kind)  # stopped meanwhile: no answer
+            self._drop()
+            return
         if fault is not None and fault.kind == "reset":
             ingest._record(incoming, None, kind)
             self._reset()

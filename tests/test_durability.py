@@ -55,6 +55,37 @@ calls("parent", 2)
 """
 
 
+# Forks while the sender thread waits for the API's answer, then both deliver their own.
+FORK_MID_REQUEST = """
+import os, sys, uuid
+from cmdrdata_autotrack import forksafe
+from cmdrdata_autotrack.config import Settings
+from cmdrdata_autotrack.export.pipeline import Pipeline
+
+def submit(pipeline, who, n):
+    for i in range(n):
+        pipeline.submit({"event_id": str(uuid.uuid4()), "customer_id": who, "input_tokens": i})
+
+pipeline = Pipeline(Settings.from_env())
+submit(pipeline, "parent", 3)
+print("submitted", flush=True)
+sys.stdin.readline()  # the test saw the sender's request arrive: it is held there now
+pid = os.fork()
+if pid == 0:
+    # nothing of the parent's threads, locks or connections is the child's
+    fresh = not pipeline._threads and pipeline._client is None and not pipeline._held
+    submit(pipeline, "child", 4)
+    delivered = pipeline.flush(30)
+    pipeline.shutdown(5)
+    os._exit(0 if fresh and delivered and forksafe.failures == 0 else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+submit(pipeline, "parent", 2)
+print("parent", pipeline.flush(30), flush=True)
+pipeline.shutdown(5)
+"""
+
+
 @pytest.fixture
 def ingest() -> Iterator[IngestServer]:
     with IngestServer(api_key=KEY) as server:
@@ -221,4 +252,32 @@ def test_workers_sharing_one_spool_send_each_event_once(
         worker.communicate(timeout=60)
         assert worker.returncode == 0
     assert len(ingest.accepted_ids()) == 48
+    assert ingest.duplicates() == 0
+
+
+def test_a_fork_while_the_sender_waits_for_the_api_gives_the_child_its_own_pipeline(
+    tmp_path: Path, env: dict[str, str], ingest: IngestServer
+) -> None:
+    script = tmp_path / "fork_mid_request.py"
+    script.write_text(FORK_MID_REQUEST)
+    env = {**env, "CMDRDATA_TIMEOUT": "10"}  # the held request is answered, not retried
+    ingest.slow(2.0, times=1)
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    assert process.stdout.readline().strip() == "submitted", process.stderr
+    assert ingest.wait_for_arrivals(1, timeout=30)  # the parent's sender is mid-request
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 0, err
+    assert out.splitlines() == ["child 0", "parent True"], out + err
+    customers = sorted(e["customer_id"] for e in ingest.accepted().values())
+    assert customers == ["child"] * 4 + ["parent"] * 5
     assert ingest.duplicates() == 0

@@ -415,6 +415,8 @@ def test_launcher_passes_a_valid_number_option_on(fake: FakeOpenAI) -> None:
 HOSTILE_ENV = {
     "CMDRDATA_TIMEOUT": "inf",
     "CMDRDATA_BATCH_SIZE": "0",
+    "CMDRDATA_MAX_IN_FLIGHT": "-1",
+    "CMDRDATA_BATCH_LINGER": "nan",
     "CMDRDATA_SPOOL_MAX_MB": "inf",
     "CMDRDATA_SHUTDOWN_TIMEOUT": "1e309",
     "CMDRDATA_RETRY_BASE_DELAY": "nan",
@@ -422,6 +424,7 @@ HOSTILE_ENV = {
     "CMDRDATA_BREAKER_THRESHOLD": "0x10",
     "CMDRDATA_BREAKER_COOLDOWN": "nan",
     "CMDRDATA_METRICS_PORT": "99999999999",
+    "CMDRDATA_LIMITS_SYNC_INTERVAL": "nan",
 }
 BLANK_ENV = {
     "CMDRDATA_UNATTRIBUTED_CUSTOMER": "  ",

@@ -10,13 +10,17 @@ import time
 from typing import Any, TextIO
 
 from ..config import Settings
+from ..export.backoff import MAX_TIMEOUT_S, clamp
 from ..export.client import safe_extract
 from ..export.identity import describe_counts
 from ..export.pipeline import ImportTargets, Pipeline, owner_is_dead
 from ..export.spool import Spool
 from ..export.sqlite import DamagedDatabase, is_damage
 from ..paths import locations
+from ..telemetry import metrics
 from ..telemetry.logging import register_secret
+
+DEFAULT_TIMEOUT_S = 300.0
 
 
 def add_parser(commands: Any) -> None:
@@ -28,7 +32,9 @@ def add_parser(commands: Any) -> None:
         "and endpoint until none is left, none is due, or the timeout passes. Events of "
         "other keys or endpoints are counted, never sent.",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (default 300)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -104,43 +110,45 @@ def _print_others(spool: Spool, pipeline: Pipeline) -> None:
 def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
     out = sys.stderr
     serves = pipeline.serves  # this key and endpoint's events (and unknown ones), no others'
+    timeout = clamp(args.timeout, 0.0, MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S)  # nan: the default
     spool = Spool(pipeline.spool_path)
     store = ImportTargets(pipeline.spool_path, spool)
-    client = pipeline.new_client()
     try:
         pipeline.import_journal(store)
         spool.reclaim(owner_is_dead)  # leases of processes that died while sending
-        spool.make_due(serves)  # "now": skip any backoff the events were waiting out
-        total = spool.stats(serves).depth
-        start_depth, deadline = total, time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            if not pipeline.breaker.allow():
-                time.sleep(min(pipeline.breaker.wait_time(), max(0.0, deadline - time.monotonic())))
-                continue
-            sent = pipeline.send_round(spool, client)
-            stats = spool.stats(serves)
+        before = metrics.snapshot()
+        deadline = time.monotonic() + timeout
+
+        def done() -> tuple[int, int]:
+            """Events this run delivered, and those it delivered or dead-lettered."""
+            now = metrics.snapshot()
+            delivered, refused = (
+                now.get(name, 0) - before.get(name, 0)
+                for name in ("events_delivered", "events_dead_lettered")
+            )
+            return delivered, delivered + refused
+
+        def show(waiting: int) -> None:
             if not args.quiet:
-                progress(out, start_depth - stats.depth, total)
-            if sent:
-                continue
-            if stats.depth == 0:
-                break
-            due_in = spool.next_due_in(serves)  # retries scheduled by this run, or leases held
-            if due_in is None or time.monotonic() + due_in >= deadline:
-                break
-            time.sleep(max(due_in, 0.01))
+                handled = done()[1]
+                progress(out, handled, handled + waiting)
+
+        # the pipeline's own senders, concurrent and coalescing, with prompt retries
+        pipeline.drain(spool, deadline, show)
+        pipeline.shutdown(0)
         stats = spool.stats(serves)
+        show(stats.depth)
         if not args.quiet:
             out.write("\n")
         print(
-            f"{start_depth - stats.depth} delivered, {stats.depth} still spooled, "
+            f"{done()[0]} delivered, {stats.depth} still spooled, "
             f"{stats.dead_letters} dead letter(s)."
         )
         if store.recorded:  # keyless usage of other processes: recorded, never sent
             print(f"Recorded {store.recorded} keyless event(s) in their ledger.")
         _print_others(spool, pipeline)
     finally:
-        client.close()
+        pipeline.shutdown(0)
         store.close()
         spool.close()
     return 0 if stats.depth == 0 and not store.kept else 1

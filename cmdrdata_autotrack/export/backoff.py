@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ MAX_RETRY_AFTER_S = 24 * 3600.0
 MAX_COOLDOWN_S = 24 * 3600.0  # the breaker probes at least once a day, whatever it is told
 DEFAULT_COOLDOWN_S = 30.0  # CMDRDATA_BREAKER_COOLDOWN's default
 DEFAULT_MAX_COOLDOWN_S = 600.0
+MAX_TIMEOUT_S = 30 * 24 * 3600.0  # an explicit flush or shutdown timeout, at most (inf: this)
 
 
 def clamp(value: object, low: float, high: float, fallback: float) -> float:
@@ -66,6 +68,10 @@ class CircuitBreaker:
     Half-open lets one probe through: success closes the circuit, failure opens it
     again with the cooldown doubled (up to ``max_cooldown``). It recovers by itself,
     whatever numbers it was given: the cooldown is always finite.
+
+    While someone waits for delivery (a flush, :meth:`hurry`), the cooldown is at
+    most the cap given and does not double: the breaker still spares a failing API
+    a burst of requests, but probes it promptly. Safe to share between threads.
     """
 
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -87,6 +93,17 @@ class CircuitBreaker:
         self.failures = 0
         self.cooldown = self.base_cooldown
         self.opened_at = 0.0
+        self.hurry_cap: float | None = None  # set while a flush waits
+        self._lock = threading.Lock()
+
+    def hurry(self, cap: float | None) -> None:
+        """Probe at least every ``cap`` seconds, without doubling (``None``: as configured)."""
+        with self._lock:
+            self.hurry_cap = None if cap is None else clamp(cap, 0.0, MAX_COOLDOWN_S, 1.0)
+
+    def _current_cooldown(self) -> float:
+        cap = self.hurry_cap
+        return self.cooldown if cap is None else min(self.cooldown, cap)
 
     def _elapsed(self) -> float:
         # a clock that jumps back (or answers NaN) counts as "the cooldown is over"
@@ -95,25 +112,31 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a request go now? (Moves open → half-open once the cooldown is over.)"""
-        if self.state == self.OPEN and not self._elapsed() < self.cooldown:
-            self.state = self.HALF_OPEN
-        return self.state != self.OPEN
+        with self._lock:
+            if self.state == self.OPEN and not self._elapsed() < self._current_cooldown():
+                self.state = self.HALF_OPEN
+            return self.state != self.OPEN
 
     def wait_time(self) -> float:
-        if self.state != self.OPEN:
-            return 0.0
-        return clamp(self.cooldown - self._elapsed(), 0.0, self.cooldown, 0.0)
+        with self._lock:
+            if self.state != self.OPEN:
+                return 0.0
+            cooldown = self._current_cooldown()
+            return clamp(cooldown - self._elapsed(), 0.0, cooldown, 0.0)
 
     def success(self) -> None:
-        self.state, self.failures, self.cooldown = self.CLOSED, 0, self.base_cooldown
+        with self._lock:
+            self.state, self.failures, self.cooldown = self.CLOSED, 0, self.base_cooldown
 
     def failure(self) -> None:
-        self.failures += 1
-        if self.state == self.HALF_OPEN:
-            self.cooldown = min(self.cooldown * 2, self.max_cooldown)
-            self._open()
-        elif self.failures >= self.threshold:
-            self._open()
+        with self._lock:
+            self.failures += 1
+            if self.state == self.HALF_OPEN:
+                if self.hurry_cap is None:  # a flush retries promptly: no doubling meanwhile
+                    self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+                self._open()
+            elif self.failures >= self.threshold and self.state == self.CLOSED:
+                self._open()
 
     def _open(self) -> None:
         self.state, self.opened_at = self.OPEN, self.clock()

@@ -10,19 +10,26 @@ The tracker key goes only to the configured endpoints, over https or plain http
 to loopback, never through a redirect or (for plain http) a proxy. Whatever an
 answer carries back is redacted before it becomes a reason that is logged,
 stored in the spool or printed (see docs/security.md).
+
+One client serves all of a process's sender threads: one ``requests`` session
+with a pool of keep-alive connections, set up once. The environment (proxies,
+``NO_PROXY``, a CA bundle) is read when it is made, not at every request, and
+``~/.netrc`` never (the key is the session's auth).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urljoin, urlsplit
 
+from .. import tunables
 from .._version import __version__
 from ..telemetry.logging import redact, register_secret
 from .backoff import retry_after_seconds
@@ -35,6 +42,7 @@ RETRYABLE = frozenset({408, 425, 429})
 CONNECT_TIMEOUT = 3.05
 BATCH_NAMESPACE = uuid.UUID("6a0d1f3c-2b4e-4f7a-8c9d-0e1f2a3b4c5d")
 REASON_CHARS = 300  # of a response body kept in a reason (dead letters, logs)
+DELIVERED_STATUSES = frozenset({200, 201, 202, 204})  # per-event results that need no Result
 _REDACT_WINDOW = 8192  # redact this much before cutting, so no key is cut in half unmasked
 
 
@@ -227,10 +235,17 @@ def _where(location: str | None, base: str) -> str:
 
 
 class DeliveryClient:
-    """Posts events with the tracker key, to the two configured URLs only, never redirected."""
+    """Posts events with the tracker key, to the two configured URLs only, never redirected.
+
+    Thread-safe for posting: the sender threads of a process share one client."""
 
     def __init__(
-        self, endpoint: str, batch_endpoint: str | None, api_key: str, timeout: float
+        self,
+        endpoint: str,
+        batch_endpoint: str | None,
+        api_key: str,
+        timeout: float,
+        connections: int | None = None,
     ) -> None:
         import requests  # here, on the sender thread: never on the app's start-up path
         from requests.adapters import HTTPAdapter
@@ -249,7 +264,17 @@ class DeliveryClient:
         }
         self.timeout = (CONNECT_TIMEOUT, timeout)
         self.session = _unredirectable_session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
+        # the environment, read once: the proxies each URL may use (plain http goes to
+        # loopback only, so never through an HTTP(S)_PROXY / ALL_PROXY, which would read
+        # the key in clear; https may use one: it only tunnels TLS), and a CA bundle
+        self._proxies = {url: _proxies_for(url) for url in (self.endpoint, self.batch_endpoint)}
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.session.verify = bundle
+        self.session.trust_env = False  # nothing more from the environment, nor ~/.netrc
+        self._templates: dict[str, requests.PreparedRequest] = {}
+        size = max(1, connections or tunables.MAX_CONNECTIONS)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         # the key as the session's auth, not a default header: requests then never
@@ -270,17 +295,25 @@ class DeliveryClient:
         if problem:
             return Result("misconfigured", None, None, problem)
         requests = self._requests
-        # plain http goes to loopback only, so never through an HTTP(S)_PROXY / ALL_PROXY,
-        # which would read the key in clear; https may use a proxy: it only tunnels TLS
-        proxies = {"http": None, "all": None} if url[:5].lower() == "http:" else None
         try:
-            return self.session.post(
-                url,
-                data=body.encode(),
-                headers={"Idempotency-Key": key},
+            # the request as the session prepares it (URL, headers, the key), made once per
+            # URL and copied: only the body and the idempotency key differ between requests
+            template = self._templates.get(url)
+            if template is None:
+                template = self._templates[url] = self.session.prepare_request(
+                    requests.Request("POST", url)
+                )
+            request = template.copy()
+            request.headers["Idempotency-Key"] = key
+            request.prepare_body(body.encode(), None)
+            return self.session.send(
+                request,
                 timeout=self.timeout,
                 allow_redirects=False,  # a 3xx is classified, never followed
-                proxies=proxies,  # type: ignore[arg-type]  # None removes a proxy
+                proxies=self._proxies.get(url, _NO_PROXY),  # type: ignore[arg-type]  # None: none
+                verify=self.session.verify,
+                cert=None,
+                stream=False,
             )
         except requests.Timeout:
             return Result("retry", None, None, "timed out")
@@ -289,10 +322,11 @@ class DeliveryClient:
             return Result("retry", None, None, f"connection failed: {type(exc).__name__}")
 
     def _classify(self, response: requests.Response, url: str) -> Result:
+        status = response.status_code
         return classify(
-            response.status_code,
+            status,
             response.headers.get("Retry-After"),
-            response.text,
+            response.text if _quoted(status) else "",  # decoded only when a reason quotes it
             response.headers.get("Location"),
             url,
         )
@@ -304,9 +338,9 @@ class DeliveryClient:
         return self._classify(response, self.endpoint)
 
     def send_batch(self, events: Sequence[tuple[str, str]]) -> tuple[Result, dict[str, Result]]:
-        """Post several events; returns the request's result and per-event results if given."""
-        ids = sorted(event_id for event_id, _ in events)
-        key = str(uuid.uuid5(BATCH_NAMESPACE, ",".join(ids)))
+        """Post several events; returns the request's result and, when the answer lists
+        them, the results of the events that were not delivered (a missing one was)."""
+        key = batch_key(event_id for event_id, _ in events)
         body = '{"events":[' + ",".join(b for _, b in events) + "]}"
         response = self._post(self.batch_endpoint, body, key)
         if isinstance(response, Result):
@@ -315,18 +349,52 @@ class DeliveryClient:
         per_event: dict[str, Result] = {}
         if overall.outcome == "delivered":
             try:
-                results = json.loads(response.text).get("results")
+                results = json.loads(response.content).get("results")
             except (ValueError, AttributeError):
                 results = None
             if isinstance(results, list):
                 for item in results:
-                    if isinstance(item, dict) and isinstance(item.get("event_id"), str):
-                        status = item.get("status")
-                        status = status if isinstance(status, int) else 200
-                        per_event[item["event_id"]] = classify(
-                            status, None, str(item.get("error", ""))
-                        )
+                    if not isinstance(item, dict):
+                        continue
+                    event_id, status = item.get("event_id"), item.get("status")
+                    if not isinstance(event_id, str) or status in DELIVERED_STATUSES:
+                        continue
+                    status = status if isinstance(status, int) else 200
+                    result = classify(status, None, str(item.get("error", "")))
+                    if result.outcome != "delivered":
+                        per_event[event_id] = result
         return overall, per_event
+
+
+def batch_key(event_ids: Iterable[str]) -> str:
+    """A batch request's ``Idempotency-Key``: the same for the same set of events."""
+    return str(uuid.uuid5(BATCH_NAMESPACE, ",".join(sorted(event_ids))))
+
+
+_NO_PROXY: dict[str, str | None] = {"http": None, "https": None, "all": None}
+
+
+def _proxies_for(url: str) -> dict[str, str | None]:
+    """The proxies ``url`` may go through, from the environment (read now, once)."""
+    if url[:6].lower() != "https:":
+        return dict(_NO_PROXY)
+    from requests.utils import get_environ_proxies
+
+    try:
+        found = get_environ_proxies(url)
+    except (ValueError, OSError):  # an odd URL or NO_PROXY: no proxy rather than a crash
+        return dict(_NO_PROXY)
+    return {**_NO_PROXY, **{k: v for k, v in found.items() if isinstance(v, str)}}
+
+
+def _quoted(status: int) -> bool:
+    """Whether the reason for ``status`` quotes the answer (a refused event)."""
+    return not (200 <= status < 400 or status in RETRYABLE or status >= 500) and status not in (
+        401,
+        403,
+        404,
+        405,
+    )
 
 
 def _unredirectable_session() -> requests.Session:

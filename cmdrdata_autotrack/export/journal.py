@@ -8,7 +8,8 @@ thread then moves journal segments into the shared spool (or the ledger).
 Each process writes its own segment file ``<pid>-<nanos>.jsonl`` and holds an
 exclusive ``flock`` on it while it is open, so a segment whose lock can be
 taken is either closed (rotated) or was left by a process that died: either
-way it is ready to import. After ``fork`` the child starts its own segment.
+way it is ready to import. After ``fork`` the child starts its own segment (a
+hook of :mod:`..forksafe`, run in the child before any of its code).
 
 A segment's first line is a header that says whose usage it holds (the
 identity of :mod:`.identity`): whoever imports the segment routes its events by
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import forksafe
 from ..paths import make_private_dir
 
 try:
@@ -51,15 +53,13 @@ class Journal:
         self._written = 0  # bytes in this process's segments that are not imported yet
         self._segment_bytes = 0  # of them, in the open segment
         self._closed: dict[Path, int] = {}  # this process's closed segments, with their size
-        self._pid = os.getpid()
+        forksafe.register(self.after_fork_in_child)
 
     # --- the app's side: append ----------------------------------------------------------
 
     def append(self, line: bytes) -> bool:
         """Write one event line; ``False`` when it could not be written (journal full, disk)."""
         with self._lock:
-            if self._pid != os.getpid():
-                self._forget_inherited()
             if self._written + len(line) > self.max_bytes:
                 return False
             fd = self._fd if self._fd is not None else self._open()
@@ -84,25 +84,20 @@ class Journal:
         self._segment_bytes += len(self._header)
         return fd
 
-    def _forget_inherited(self) -> None:
-        """In a forked child: the parent's segment is the parent's. Start afresh."""
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the parent's segment is the parent's. Start afresh (the lock
+        too: a parent's thread may have held it)."""
+        self._lock = threading.Lock()
         if self._fd is not None:
             os.close(self._fd)  # the parent's descriptor keeps its lock
         self._fd, self._path, self._written, self._segment_bytes = None, None, 0, 0
         self._closed = {}
-        self._pid = os.getpid()
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._forget_inherited()
 
     # --- the background side: rotate and read ----------------------------------------------
 
     def rotate(self) -> None:
         """Close the current segment (releasing its lock) so it can be imported."""
         with self._lock:
-            if self._pid != os.getpid():
-                self._forget_inherited()
             if self._fd is not None:
                 os.close(self._fd)
                 if self._path is not None:

@@ -7,22 +7,33 @@
   the ledger) and deletes them. Each segment names whose usage it holds (its
   identity, :mod:`.identity`): keyed usage goes to the spool under that
   identity, keyless usage to the ledger, whichever process imports it.
-* The *sender* thread leases due events of its own identity from the spool and
-  posts them with their ``Idempotency-Key``; acknowledged events leave the
-  spool, failed ones are retried with backoff and jitter behind a circuit
-  breaker, refused ones go to the dead letters.
+* The *sender* threads lease due events of their own identity from the spool and
+  post what has accumulated as one request to the batch endpoint (*coalesced*
+  delivery; one event per request when the API has no batch endpoint, which is
+  remembered in the spool for a day, or with ``CMDRDATA_BATCH_SIZE=1``).
+  Acknowledged events leave the spool, failed ones are retried with backoff and
+  jitter behind a circuit breaker (a failed batch as one batch), refused ones
+  go to the dead letters. The lead sender waits up to ``CMDRDATA_BATCH_LINGER``
+  after a request so that events arriving one by one share the next one; while
+  more is due than one request takes, up to ``CMDRDATA_MAX_IN_FLIGHT`` senders
+  send at once, each with its own lease.
 
 Threads start with the first event (or at start-up when an earlier process left
 events behind). At exit and on SIGTERM the pipeline delivers what it can within
-``CMDRDATA_SHUTDOWN_TIMEOUT``; the rest stays spooled for the next process.
-After ``fork`` the child gets fresh threads, locks, journal and connections.
+``CMDRDATA_SHUTDOWN_TIMEOUT``; the rest stays spooled for the next process. A
+flush (:meth:`Pipeline.flush`, ``cmdrdata-autotrack flush``) delivers at once:
+no linger, retries within a second, a breaker that probes at least every second.
+After ``fork`` the child gets fresh threads, locks, journal, breaker and
+connections (:mod:`..forksafe`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -31,16 +42,23 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .. import paths
+from .. import forksafe, paths, tunables
 from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
 from . import identity as identities
 from . import ledger as ledger_db
-from .backoff import CircuitBreaker, backoff_delay
-from .client import CONNECT_TIMEOUT, DeliveryClient, Result, endpoints_problem, key_problem
+from .backoff import MAX_TIMEOUT_S, CircuitBreaker, backoff_delay, clamp
+from .client import (
+    CONNECT_TIMEOUT,
+    DeliveryClient,
+    Result,
+    batch_url,
+    endpoints_problem,
+    key_problem,
+)
 from .journal import Journal, read_segment
 from .processor import span_record_to_event
 from .spool import Leased, Spool
@@ -48,11 +66,37 @@ from .sqlite import DamagedDatabase, is_damage
 
 logger = logging.getLogger("cmdrdata_autotrack.delivery")
 
-IMPORT_BATCH_WINDOW_S = 0.05  # gather events this long before closing a journal segment
+IMPORT_BATCH_WINDOW_S = 0.05  # gather events at least this long before closing a segment
 IDLE_WAIT_S = 1.0
+HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
 DAMAGED_RETRY_S = 5.0  # how often the importer tries a damaged spool or ledger again
+MAX_BATCH_BYTES = 1_000_000  # of event bodies in one batch request (at least one event)
+NO_BATCH_RECHECK_S = 24 * 3600.0  # a batch endpoint that answered 404/405 is tried again after
+FLUSH_MAX_DELAY_S = 1.0  # while a flush waits: the longest retry delay (Retry-After aside) ...
+FLUSH_COOLDOWN_S = 1.0  # ... and the longest breaker cooldown
+FLUSH_POLL_S = 0.05
+DEFAULT_FLUSH_TIMEOUT_S = 5.0  # flush(nan): what flush() waits by default
+STATE_EVERY_S = 1.0  # the breaker's state for doctor: written on change, else this often
+# Helpers join in when the lead spends at least this share of a full round waiting for the
+# API's answers: concurrency pays against a slow API; against a fast one the round is CPU
+# (SQLite, JSON), and more senders would only take turns at the GIL and the spool's lock.
+HELP_WHEN_WAITING = 0.5
+
+# What a forked child inherits from its parent's pipelines and must never use, close or
+# free: a connection whose lock or socket a parent's thread held mid-request. Kept here.
+_PARKED: list[object] = []
+
+BATCH_UNKNOWN, BATCH_YES, BATCH_NO = "unknown", "yes", "no"
+
+
+class Round(NamedTuple):
+    """What one sender's round did."""
+
+    attempted: int  # events
+    full: bool  # as many as one request takes: more may be due
+    waiting: float  # the share of the round spent waiting for the API's answers
 
 
 class Pipeline:
@@ -75,7 +119,7 @@ class Pipeline:
         self.identity = identities.of(
             settings.api_key, settings.endpoint, settings.batch_endpoint, str(self.ledger_path)
         )
-        self.serves = self.identity.serves()  # the spool rows this process's sender delivers
+        self.serves = self.identity.serves()  # the spool rows this process's senders deliver
         header = {**self.identity.header(), "unattributed": settings.unattributed_customer}
         self.journal = Journal(where.journal_dir, self.max_bytes, header)
         self.problem: str | None = None
@@ -87,21 +131,49 @@ class Pipeline:
                 )
             if settings.api_key and (bad := key_problem(settings.api_key)):
                 logger.warning("cmdrdata: %s", bad)
-        self.owner = lease_owner()
         self.batch_size = max(1, settings.batch_size)
-        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
+        self.max_in_flight = max(1, settings.max_in_flight)
+        self.linger = settings.batch_linger
+        # events gather this long in the journal before they are imported (and then sent):
+        # one import round, one segment and one request per window, not per event
+        self.import_window = max(IMPORT_BATCH_WINDOW_S, self.linger)
+        self.batch_endpoint = batch_url(settings.endpoint, settings.batch_endpoint)
         self._init_runtime_state()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        forksafe.register(self._after_fork_in_child)
 
     def _init_runtime_state(self) -> None:
+        """Everything that belongs to this process's threads (again in a forked child)."""
+        self.owner = lease_owner()
+        self.breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown
+        )
         self._lock = threading.Lock()
         self._wake_import = threading.Event()
         self._wake_send = threading.Event()
+        self._backlog = threading.Event()  # more is due than one request takes: helpers help
         self._stopping = threading.Event()
         self._stop_import = threading.Event()
         self._deadline = float("inf")
         self._threads: list[threading.Thread] = []
+        self._held: list[object] = []  # the threads' spool connections and client (for fork)
+        self._client: DeliveryClient | None = None
+        self._client_users = 0
+        # one batch request at a time until the endpoint is known (re-entered when a refused
+        # batch is halved)
+        self._probe = threading.RLock()
+        self._batch = BATCH_UNKNOWN
+        self._no_batch_until = 0.0
+        self._remembered_no_batch = False
+        self._urgent = 0  # flushes waiting now
+        self._fresh = 0  # events spooled since the lead last leased (when to stop lingering)
+        self._lingering = False  # the lead waits for more: wake it only for a full batch
+        self._published: tuple[str, float] = ("", 0.0)
+        # events this process imported, already leased to its senders: (lease until, event)
+        self._handoff: collections.deque[tuple[float, Leased]] = collections.deque()
+        self._handoff_lock = threading.Lock()
+        self._spool_due = True  # the spool may hold due events not in the handoff
+        self._spool_leased_at = -math.inf  # when a sender last leased from the spool
+        self._waited = threading.local()  # seconds a sender's round spent waiting for answers
         self.produced = 0
         self.refusal: str | None = None  # why the API last refused the set-up (key, endpoint)
 
@@ -125,7 +197,8 @@ class Pipeline:
         self.produced += 1
         if not self._threads:
             self.start()
-        self._wake_import.set()
+        if not self._wake_import.is_set():  # the app's thread: no lock when already set
+            self._wake_import.set()
 
     # --- threads --------------------------------------------------------------------------
 
@@ -133,15 +206,16 @@ class Pipeline:
         with self._lock:
             if self._threads or self._stop_import.is_set():
                 return
-            importer = threading.Thread(
-                target=self._guarded(self._import_loop), name="cmdrdata-import", daemon=True
-            )
-            self._threads.append(importer)
+            loops: list[tuple[Callable[[], None], str]] = [(self._import_loop, "cmdrdata-import")]
             if self.mode == "deliver" and not self.problem:
-                sender = threading.Thread(
-                    target=self._guarded(self._send_loop), name="cmdrdata-send", daemon=True
-                )
-                self._threads.append(sender)
+                loops.append((self._send_loop, "cmdrdata-send"))
+                loops += [
+                    (self._help_loop, f"cmdrdata-send-{n}")
+                    for n in range(2, self.max_in_flight + 1)
+                ]
+            for loop, name in loops:
+                thread = threading.Thread(target=self._guarded(loop), name=name, daemon=True)
+                self._threads.append(thread)
             for thread in self._threads:
                 thread.start()
 
@@ -191,17 +265,19 @@ class Pipeline:
 
     def _import_loop(self) -> None:
         store = self.open_store()
+        self._held.append(store)
         try:
             while True:
                 self._wake_import.wait(IDLE_WAIT_S)
                 stopping = self._stop_import.is_set()
                 if not stopping:
-                    self._stop_import.wait(IMPORT_BATCH_WINDOW_S)
+                    self._stop_import.wait(self.import_window)
                 self._wake_import.clear()
                 self.import_journal(store)
                 if stopping:
                     return
         finally:
+            self._let_go(store)
             store.close()
 
     def open_store(self) -> ImportTargets:
@@ -246,8 +322,14 @@ class Pipeline:
                     except (ValueError, KeyError, TypeError):
                         metrics.increment("events_malformed")
                         warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
-                added, dropped = targets.put(
-                    owner, events, self.max_bytes, self.settings.spool_overflow, self.ledger_path
+                lease = self._handoff_lease(owner)
+                added, dropped, handed = targets.put(
+                    owner,
+                    events,
+                    self.max_bytes,
+                    self.settings.spool_overflow,
+                    self.ledger_path,
+                    lease,
                 )
             except DamagedDatabase as damage:
                 os.close(fd)  # the segment stays in the journal until the file is fixed
@@ -258,6 +340,13 @@ class Pipeline:
                 raise
             self.journal.imported(path, fd)
             moved += added
+            if handed and lease is not None:
+                with self._handoff_lock:
+                    self._handoff.extend((lease[1], item) for item in handed)
+            elif added and owner.fingerprint in self.serves:
+                self._spool_due = True  # spooled unleased: a sender leases them from the spool
+            if owner.fingerprint in self.serves:
+                self._fresh += added
             metrics.increment("events_spooled", added)
             if dropped:
                 metrics.increment("events_dropped", dropped)
@@ -268,8 +357,10 @@ class Pipeline:
                     dropped,
                 )
         self.journal.reconcile()
-        if targets.spooled > spooled_before:
-            self._wake_send.set()
+        if targets.spooled > spooled_before and (
+            not self._lingering or self._fresh >= self.batch_size
+        ):
+            self._wake_send.set()  # (each wake-up costs: a lingering lead is left alone)
         return moved
 
     def new_client(self) -> DeliveryClient:
@@ -278,32 +369,86 @@ class Pipeline:
             self.settings.batch_endpoint,
             self.settings.api_key or "",
             self.settings.timeout,
+            max(self.max_in_flight, tunables.MAX_CONNECTIONS),
         )
 
-    def _send_loop(self) -> None:
+    # --- the senders' resources: one client for all, a spool connection each ---------------
+
+    def _use_client(self) -> DeliveryClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self.new_client()
+                self._held.append(self._client)
+            self._client_users += 1
+            return self._client
+
+    def _done_with_client(self) -> None:
+        with self._lock:
+            self._client_users -= 1
+            client = self._client if self._client_users <= 0 else None
+            if client is not None:
+                self._client = None
+                self._let_go(client)
+        if client is not None:
+            client.close()
+
+    def _open_spool(self) -> Spool:
         spool = Spool(self.spool_path)
-        client = self.new_client()
-        pruned_at = compacted_at = 0.0
-        last_call = False
+        self._held.append(spool)
+        return spool
+
+    def _close_spool(self, spool: Spool) -> None:
+        self._let_go(spool)
+        spool.close()
+
+    def _let_go(self, thing: object) -> None:
+        with contextlib.suppress(ValueError):
+            self._held.remove(thing)
+
+    # --- the senders ------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """The lead sender: lingers, probes when the breaker is half-open, waits for
+        retries, keeps the spool tidy; wakes the helpers when a backlog builds up."""
+        spool = self._open_spool()
         try:
+            client = self._use_client()
+        except BaseException:
+            self._close_spool(spool)
+            raise
+        pruned_at = compacted_at = 0.0
+        last_call = full = False
+        last_request = -math.inf
+        try:
+            self._recall_batch_support(spool)
             spool.reclaim(owner_is_dead)
             while True:
-                if self._stopping.is_set() and time.monotonic() >= self._deadline:
+                stopping = self._stopping.is_set()
+                if stopping and time.monotonic() >= self._deadline:
                     return
-                if self._stopping.is_set() and not last_call:
+                if stopping and not last_call:
                     last_call = True
                     spool.make_due(self.serves)  # one more try for events in a backoff
                 if not self.breaker.allow():
                     self._publish_state(spool)
-                    if self._stopping.is_set():
+                    if stopping:
                         return
                     self._wake_send.wait(min(self.breaker.wait_time(), IDLE_WAIT_S * 5))
                     self._wake_send.clear()
                     continue
-                if self.send_round(spool, client):
+                if not (full or stopping or self._urgent) and self._coalescing():
+                    self._linger(last_request)
+                self._fresh = 0
+                started = time.monotonic()
+                attempted, full, waiting = self.send_round(spool, client)
+                if full and waiting >= HELP_WHEN_WAITING:
+                    self._backlog.set()  # more is waiting: the helpers take their share
+                if attempted:
+                    last_request = started
+                    self._publish_state(spool)
                     continue
                 due_in = spool.next_due_in(self.serves)  # other identities are not ours
-                if self._stopping.is_set():
+                if stopping:
                     # a retry due before the deadline is still worth waiting for
                     if due_in is None or time.monotonic() + due_in >= self._deadline:
                         return  # what is left waits for the next process
@@ -321,125 +466,331 @@ class Pipeline:
                     spool.compact()
                     compacted_at = now
         finally:
-            client.close()
-            spool.close()
+            self._done_with_client()
+            self._close_spool(spool)
 
-    def send_round(self, spool: Spool, client: DeliveryClient) -> int:
-        """Lease what is due and deliver it; returns how many events were attempted."""
-        limit = self.batch_size if self.batch_size > 1 else SINGLE_MODE_LEASE
+    def _help_loop(self) -> None:
+        """A helper sender: sends its own lease of the backlog while there is one."""
+        spool: Spool | None = None
+        client: DeliveryClient | None = None
+        try:
+            while True:
+                if not self._stopping.is_set():
+                    self._backlog.wait(HELPER_IDLE_S)
+                stopping = self._stopping.is_set()
+                if stopping and time.monotonic() >= self._deadline:
+                    return
+                closed = self.breaker.state == CircuitBreaker.CLOSED  # else the lead probes
+                if not stopping and not (closed and self._backlog.is_set()):
+                    self._backlog.clear()
+                    continue
+                if stopping and not closed:
+                    return
+                if spool is None:
+                    spool = self._open_spool()
+                if client is None:
+                    client = self._use_client()
+                attempted, full, _ = self.send_round(spool, client)
+                if stopping and not attempted:
+                    return  # the last pass: nothing left for this helper
+                if not full:
+                    self._backlog.clear()
+        finally:
+            if client is not None:
+                self._done_with_client()
+            if spool is not None:
+                self._close_spool(spool)
+
+    def _linger(self, since: float) -> None:
+        """Let events gather for the next request: until ``linger`` after the previous one
+        started, unless a full batch has been spooled meanwhile or someone waits."""
+        end = since + self.linger
+        self._lingering = True
+        try:
+            while True:
+                left = end - time.monotonic()
+                if left <= 0 or self._fresh >= self.batch_size:
+                    return
+                if self._stopping.is_set() or self._urgent:
+                    return
+                self._wake_send.wait(left)
+                self._wake_send.clear()
+        finally:
+            self._lingering = False
+
+    def _handoff_lease(self, owner: identities.Identity) -> tuple[str, float] | None:
+        """The lease under which the importer spools ``owner``'s events for this process's
+        own senders, or ``None`` (spooled unleased, for any sender of their identity): only
+        this process's identity, while its senders run and keep up, coalescing, unbroken."""
+        if owner.fingerprint != self.identity.fingerprint or not owner.keyed:
+            return None
+        if len(self._threads) < 2 or self._stopping.is_set() or not self._coalescing():
+            return None
+        if self.breaker.state != CircuitBreaker.CLOSED:
+            return None
+        if len(self._handoff) >= self.batch_size * self.max_in_flight:
+            return None  # the senders are behind: the spool queues the rest
+        request_s = CONNECT_TIMEOUT + self.settings.timeout
+        return self.owner, time.time() + request_s + LEASE_MARGIN_S + self.linger + IDLE_WAIT_S
+
+    def _take_handoff(self, limit: int, max_bytes: int) -> list[Leased]:
+        """Up to ``limit`` handed-over events (``max_bytes`` of bodies, at least one) whose
+        lease still covers a request; one whose lease is nearly over is left to the spool."""
+        taken: list[Leased] = []
+        if not self._handoff:
+            return taken
+        need = CONNECT_TIMEOUT + self.settings.timeout + 1.0
+        size, now = 0, time.time()
+        with self._handoff_lock:
+            while self._handoff and len(taken) < limit:
+                until, item = self._handoff[0]
+                if until - now < need:
+                    self._handoff.popleft()  # leased from the spool again once its lease ends
+                    self._spool_due = True
+                    continue
+                if taken and size + len(item.body) > max_bytes:
+                    break
+                self._handoff.popleft()
+                taken.append(item)
+                size += len(item.body)
+        return taken
+
+    def _coalescing(self) -> bool:
+        """Whether due events go together to the batch endpoint (else one per request)."""
+        if self.batch_size <= 1:
+            return False
+        if self._batch == BATCH_NO and time.time() >= self._no_batch_until:
+            self._batch = BATCH_UNKNOWN  # a day later: the API may have one now
+        return self._batch != BATCH_NO
+
+    def _recall_batch_support(self, spool: Spool) -> None:
+        """What another process (or an earlier run) found about the batch endpoint."""
+        if self.batch_size <= 1 or self._batch != BATCH_UNKNOWN:
+            return
+        since = spool.no_batch_since(self.batch_endpoint)
+        if since is not None:
+            self._remembered_no_batch = True
+            if time.time() - since < NO_BATCH_RECHECK_S:
+                self._batch, self._no_batch_until = BATCH_NO, since + NO_BATCH_RECHECK_S
+
+    def send_round(self, spool: Spool, client: DeliveryClient) -> Round:
+        """Lease what is due and deliver it: how many events were attempted, whether the
+        lease was full (so more may be due), and how much of it was spent waiting."""
+        started = time.monotonic()
+        self._waited.seconds = 0.0
+        coalesce = self._coalescing()
+        limit = self.batch_size if coalesce else SINGLE_MODE_LEASE
         if self.breaker.state != CircuitBreaker.CLOSED:
             limit = 1  # half-open: one probe
-        # long enough to try every leased request once, timeouts included
-        lease_s = (CONNECT_TIMEOUT + self.settings.timeout) * (1 if self.batch_size > 1 else limit)
-        # only this process's own identity's events (and those of unknown identity)
-        leased = spool.lease(self.owner, limit, lease_s + LEASE_MARGIN_S, self.serves)
-        if leased:
-            if any(item.identity == identities.UNKNOWN for item in leased):
-                warn_once(
-                    "unknown-identity",
-                    "cmdrdata: delivering events spooled by an older version, which did not "
-                    "record their key, with this process's key and endpoint",
-                )
-            if self.batch_size > 1 and len(leased) > 1:
-                self._deliver_batch(spool, client, leased)
-            else:
-                self._deliver_each(spool, client, leased)
-            self._publish_state(spool)
-        return len(leased)
+        max_bytes = MAX_BATCH_BYTES if coalesce else 1 << 62
+        leased = self._take_handoff(limit, max_bytes)  # imported here, leased already
+        room, size = limit - len(leased), _bytes(leased)
+        now = time.monotonic()
+        if (
+            room > 0
+            and size < max_bytes
+            and (
+                not leased or self._spool_due or self._urgent or now - self._spool_leased_at >= 1.0
+            )
+        ):
+            # long enough to try every leased request once, timeouts included
+            lease_s = (CONNECT_TIMEOUT + self.settings.timeout) * (1 if coalesce else limit)
+            # only this process's own identity's events (and those of unknown identity)
+            more = spool.lease(
+                self.owner,
+                room,
+                lease_s + LEASE_MARGIN_S,
+                self.serves,
+                max_bytes - size if coalesce else None,
+            )
+            self._spool_leased_at = now
+            if len(more) < room:
+                self._spool_due = False
+            leased += more
+        if not leased:
+            return Round(0, False, 0.0)
+        if any(item.identity == identities.UNKNOWN for item in leased):
+            warn_once(
+                "unknown-identity",
+                "cmdrdata: delivering events spooled by an older version, which did not "
+                "record their key, with this process's key and endpoint",
+            )
+        if coalesce and len(leased) > 1:
+            self._deliver_batch(spool, client, leased)
+        else:
+            self._deliver_each(spool, client, leased)
+        # full: as many as allowed, or cut short by the byte bound (more may be due)
+        full = len(leased) >= limit or (coalesce and _bytes(leased) > MAX_BATCH_BYTES // 2)
+        spent = time.monotonic() - started
+        waiting = self._waited.seconds / spent if spent > 0 else 0.0
+        return Round(len(leased), full or bool(self._handoff), waiting)
+
+    def _answered(self, started: float) -> None:
+        """A request sent at ``started`` was answered (or failed): time it."""
+        elapsed = time.monotonic() - started
+        metrics.observe("delivery_seconds", elapsed)
+        self._waited.seconds += elapsed
 
     # --- delivery ---------------------------------------------------------------------------
 
+    def _past_deadline(self) -> bool:
+        return self._stopping.is_set() and time.monotonic() >= self._deadline
+
     def _deliver_each(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
         delivered: list[str] = []
-        for index, item in enumerate(leased):
-            if not self.breaker.allow() or (
-                self._stopping.is_set() and time.monotonic() >= self._deadline
-            ):
-                spool.release([x.event_id for x in leased[index:]])
-                break
-            started = time.monotonic()
-            result = client.send_one(item.event_id, item.body)
-            metrics.observe("delivery_seconds", time.monotonic() - started)
-            if result.outcome == "delivered":
-                delivered.append(item.event_id)
-                self.breaker.success()
-                self.refusal = None
-            else:
-                self._handle_failure(spool, item, result)
-        if delivered:
-            spool.ack(delivered)
-            metrics.increment("events_delivered", len(delivered))
+        try:
+            for index, item in enumerate(leased):
+                if not self.breaker.allow() or self._past_deadline():
+                    self._give_back(spool, leased[index:])
+                    break
+                started = time.monotonic()
+                result = client.send_one(item.event_id, item.body)
+                self._answered(started)
+                if result.outcome == "delivered":
+                    delivered.append(item.event_id)
+                    self.breaker.success()
+                    self.refusal = None
+                elif result.outcome == "refused":
+                    self._dead_letter(spool, item, result)
+                    self.breaker.success()  # the API answered: it is up
+                else:
+                    self._retry(spool, [item], result)
+                    self.breaker.failure()
+        finally:
+            if delivered:
+                spool.ack(delivered)
+                metrics.increment("events_delivered", len(delivered))
+
+    def _deliver_some(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
+        if len(leased) > 1:
+            self._deliver_batch(spool, client, leased)
+        else:
+            self._deliver_each(spool, client, leased)
 
     def _deliver_batch(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
+        if self._batch == BATCH_YES:
+            self._post_batch(spool, client, leased)
+            return
+        with self._probe:  # until the batch endpoint has answered, one probe at a time
+            if self._batch == BATCH_NO:  # another sender found out meanwhile
+                self._give_back(spool, leased)
+                return
+            self._post_batch(spool, client, leased)
+
+    def _post_batch(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
         started = time.monotonic()
-        overall, per_event = client.send_batch([(x.event_id, x.body) for x in leased])
-        metrics.observe("delivery_seconds", time.monotonic() - started)
+        overall, failed = client.send_batch([(x.event_id, x.body) for x in leased])
+        self._answered(started)
         if overall.outcome == "delivered":
             self.breaker.success()
             self.refusal = None
-            delivered = []
-            for item in leased:
-                result = per_event.get(item.event_id)
-                if result is None or result.outcome == "delivered":
-                    delivered.append(item.event_id)
-                else:
-                    self._handle_failure(spool, item, result, count_breaker=False)
+            self._batch_works(spool)
+            delivered = [x.event_id for x in leased if x.event_id not in failed]
             spool.ack(delivered)
             metrics.increment("events_delivered", len(delivered))
+            retries: dict[Result, list[Leased]] = {}
+            for item in leased:
+                result = failed.get(item.event_id)
+                if result is None:
+                    continue
+                if result.outcome == "refused":
+                    self._dead_letter(spool, item, result)
+                else:  # retried together, like the batch they came in
+                    retries.setdefault(result, []).append(item)
+            for result, items in retries.items():
+                self._retry(spool, items, result)
         elif overall.status in (404, 405):
-            warn_once(
-                "no-batch-endpoint",
-                "cmdrdata: the batch endpoint %s answered 404; sending one event per request",
-                client.batch_endpoint,
-            )
-            self.batch_size = 1
-            spool.release([x.event_id for x in leased])
+            self._no_batch_endpoint(spool, overall.status)
+            self._give_back(spool, leased)
         elif overall.outcome == "refused":
-            # One bad event must not sink its batch: find it by sending each on its own.
+            # One bad event must not sink its batch: halve it until the bad one is alone.
+            self.breaker.success()  # the API answered: it is up
+            self._batch_works(spool)  # (and the batch endpoint is there)
             spool.extend_lease(
                 [x.event_id for x in leased],
                 (CONNECT_TIMEOUT + self.settings.timeout) * len(leased) + LEASE_MARGIN_S,
             )
-            self._deliver_each(spool, client, leased)
+            half = len(leased) // 2
+            self._deliver_some(spool, client, leased[:half])
+            self._deliver_some(spool, client, leased[half:])
         else:
-            for item in leased:
-                self._handle_failure(spool, item, overall, count_breaker=False)
+            self._retry(spool, leased, overall)
             self.breaker.failure()
 
-    def _handle_failure(
-        self, spool: Spool, item: Leased, result: Result, count_breaker: bool = True
-    ) -> None:
-        extra = {"event_id": item.event_id, "trace_id": _trace_id(item.body)}
-        if result.outcome == "refused":
-            spool.dead_letter(item.event_id, result.reason, result.status)
-            metrics.increment("events_dead_lettered")
-            logger.warning(
-                "cmdrdata: event refused (%s); moved to dead letters", result.reason, extra=extra
-            )
-            if count_breaker:
-                self.breaker.success()  # the API answered: it is up
+    def _batch_works(self, spool: Spool) -> None:
+        if self._batch == BATCH_YES:
             return
+        self._batch = BATCH_YES
+        if self._remembered_no_batch:  # it answered 404 a day ago: not any more
+            self._remembered_no_batch = False
+            spool.forget_no_batch(self.batch_endpoint)
+
+    def _no_batch_endpoint(self, spool: Spool, status: int | None) -> None:
+        warn_once(
+            "no-batch-endpoint:" + self.batch_endpoint,
+            "cmdrdata: the batch endpoint %s answered %s; sending one event per request "
+            "(for a day, by every process that shares this spool)",
+            self.batch_endpoint,
+            status,
+        )
+        self._batch, self._no_batch_until = BATCH_NO, time.time() + NO_BATCH_RECHECK_S
+        self._remembered_no_batch = True
+        spool.remember_no_batch(self.batch_endpoint, status)
+
+    def _give_back(self, spool: Spool, leased: list[Leased]) -> None:
+        """Release a lease without counting an attempt: the events are due in the spool."""
+        spool.release([item.event_id for item in leased])
+        self._spool_due = True
+
+    def _dead_letter(self, spool: Spool, item: Leased, result: Result) -> None:
+        extra = {"event_id": item.event_id, "trace_id": _trace_id(item.body)}
+        spool.dead_letter(item.event_id, result.reason, result.status)
+        metrics.increment("events_dead_lettered")
+        logger.warning(
+            "cmdrdata: event refused (%s); moved to dead letters", result.reason, extra=extra
+        )
+
+    def _retry(self, spool: Spool, items: list[Leased], result: Result) -> None:
+        """Schedule the next attempt at ``items``, all at the same moment (one jittered
+        delay), so that they are sent together again."""
         if result.outcome in ("unauthorized", "misconfigured"):
             self.refusal = result.reason
             error_once(result.outcome, "cmdrdata: %s; events stay spooled", result.reason)
             delay = self.settings.retry_max_delay
         else:
-            delay = backoff_delay(
-                item.attempts, self.settings.retry_base_delay, self.settings.retry_max_delay
-            )
+            cap = self.settings.retry_max_delay
+            if self._urgent:  # someone waits: retry promptly, still with jitter
+                cap = min(cap, FLUSH_MAX_DELAY_S)
+            attempts = max(item.attempts for item in items)
+            delay = backoff_delay(attempts, self.settings.retry_base_delay, cap)
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
-        spool.retry(item.event_id, delay, result.reason)
-        metrics.increment("events_retried")
-        logger.info(
-            "cmdrdata: delivery failed (%s); retry in %.2fs", result.reason, delay, extra=extra
-        )
-        if count_breaker:
-            self.breaker.failure()
+        spool.retry_many([item.event_id for item in items], delay, result.reason)
+        self._spool_due = True  # due again later, from the spool
+        metrics.increment("events_retried", len(items))
+        if len(items) == 1:
+            extra = {"event_id": items[0].event_id, "trace_id": _trace_id(items[0].body)}
+            logger.info(
+                "cmdrdata: delivery failed (%s); retry in %.2fs", result.reason, delay, extra=extra
+            )
+        else:
+            logger.info(
+                "cmdrdata: delivery failed (%s); %d events retry in %.2fs",
+                result.reason,
+                len(items),
+                delay,
+                extra={"event_id": items[0].event_id},
+            )
 
     def _publish_state(self, spool: Spool) -> None:
+        """The breaker's state for doctor: when it changes, else at most once a second."""
+        state, now = self.breaker.state, time.monotonic()
+        last_state, last_at = self._published
+        if state == last_state and now - last_at < STATE_EVERY_S:
+            return
+        self._published = (state, now)
         with contextlib.suppress(Exception):  # doctor's view only: never worth failing for
-            spool.set_state(breaker=self.breaker.state, breaker_pid=os.getpid(), at=time.time())
+            spool.set_state(breaker=state, breaker_pid=os.getpid(), at=time.time())
 
     # --- state for operators --------------------------------------------------------------
 
@@ -476,10 +827,11 @@ class Pipeline:
     # --- flush and shutdown ---------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
-        """Import the journal and wait until the spool holds nothing of this process's due
-        (or ``timeout``). Other identities' events are theirs to deliver. Never raises for
-        a damaged spool or ledger: the events stay in the journal and it returns ``False``."""
-        deadline = time.monotonic() + timeout
+        """Import the journal and deliver until the spool holds nothing of this process's
+        identity (or ``timeout``; NaN means the default, 5 s). Other identities' events
+        are theirs to deliver. Never raises for a damaged spool or ledger: the events stay
+        in the journal and it returns ``False``."""
+        deadline = time.monotonic() + clamp(timeout, 0.0, MAX_TIMEOUT_S, DEFAULT_FLUSH_TIMEOUT_S)
         store = self.open_store()
         try:
             self.import_journal(store)
@@ -487,43 +839,79 @@ class Pipeline:
                 return store.kept == 0
             if self.problem:
                 return False
-            self.start()
-            self._wake_send.set()
-            while time.monotonic() < deadline:
-                stats = store.spool().stats(self.serves)
-                if stats.due == 0 and (stats.depth == 0 or not self._threads):
-                    return bool(stats.depth == 0) and store.kept == 0
-                self._wake_send.set()
-                self._stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
-            return False
+            return self.drain(store.spool(), deadline) and store.kept == 0
         except DamagedDatabase as damage:
             self.damaged(damage)
             return False
         finally:
             store.close()
 
+    def drain(
+        self, spool: Spool, deadline: float, progress: Callable[[int], None] | None = None
+    ) -> bool:
+        """Deliver every spooled event of this identity now: backoffs skipped, no linger,
+        prompt retries. ``True`` once none is left; ``False`` at ``deadline`` (monotonic),
+        or earlier when nothing left can be tried before it (a refused key's events wait
+        ``CMDRDATA_RETRY_MAX_DELAY``). ``progress`` gets the number still waiting."""
+        spool.make_due(self.serves)  # "now": skip any backoff the events were waiting out
+        self._hurry(1)
+        try:
+            self.start()
+            while True:
+                state = spool.progress(self.serves)
+                if progress is not None:
+                    progress(state.depth)
+                if state.depth == 0:
+                    return True
+                now = time.monotonic()
+                if now >= deadline or self._stopping.is_set() or len(self._threads) < 2:
+                    return False
+                if state.leased == 0 and (
+                    state.next_due_in is None or now + state.next_due_in >= deadline
+                ):
+                    return False
+                self._wake_send.set()
+                self._stopping.wait(min(FLUSH_POLL_S, deadline - now))
+        finally:
+            self._hurry(-1)
+
+    def _hurry(self, change: int) -> None:
+        """Count the flushes waiting; while there is one, the breaker probes every second."""
+        with self._lock:
+            self._urgent = max(0, self._urgent + change)
+            self.breaker.hurry(FLUSH_COOLDOWN_S if self._urgent else None)
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Deliver what can be delivered within the deadline, then stop the threads."""
-        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        default = self.settings.shutdown_timeout
+        timeout = default if timeout is None else clamp(timeout, 0.0, MAX_TIMEOUT_S, default)
         if not self._threads or self._stop_import.is_set():
             return
         self._deadline = time.monotonic() + (timeout if self.produced else 0.0)
         importer, senders = self._threads[0], self._threads[1:]
         self._stop_import.set()  # first: the last journal lines reach the spool ...
         self._wake_import.set()
-        importer.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
-        self._stopping.set()  # ... then the sender's last pass sends them
+        importer.join(_join_timeout(self._deadline))
+        self._stopping.set()  # ... then the senders' last pass sends them
         self._wake_send.set()
+        self._backlog.set()
         for thread in senders:
-            thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
+            thread.join(_join_timeout(self._deadline))
 
     def _after_fork_in_child(self) -> None:
+        """In a forked child: none of the parent's threads runs here, and its locks,
+        connections and client may have been in use by one of them. Start afresh; park
+        what the parent's threads held (never used, closed or freed in the child)."""
+        _PARKED.extend(self._held)
         self._init_runtime_state()
-        self.journal.after_fork_in_child()
-        self.owner = lease_owner()
-        self.breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown
-        )
+
+
+def _join_timeout(deadline: float) -> float:
+    return min(max(0.0, deadline - time.monotonic()) + 0.5, threading.TIMEOUT_MAX)
+
+
+def _bytes(leased: list[Leased]) -> int:
+    return sum(len(item.body) for item in leased)
 
 
 def _trace_id(body: str) -> str | None:
@@ -606,8 +994,10 @@ class ImportTargets:
         max_bytes: int,
         policy: str,
         default_ledger: Path,
-    ) -> tuple[int, int]:
-        """Store one segment's events; returns ``(added, dropped)``. Raises
+        lease: tuple[str, float] | None = None,
+    ) -> tuple[int, int, list[Leased]]:
+        """Store one segment's events; returns ``(added, dropped, leased)``: with ``lease``
+        (owner, until), spooled events come back leased to it. Raises
         :class:`DamagedDatabase` when their store is damaged."""
         keyless, target = self.check(owner, default_ledger)
         try:
@@ -616,10 +1006,12 @@ class ImportTargets:
                 self._ledgers[target] = conn
                 added = ledger_db.record(conn, [(e, raw) for _, raw, e in events if e is not None])
                 self.recorded += added
-                return added, 0
-            added, dropped = self.spool().put(events, max_bytes, policy, owner.fingerprint)
+                return added, 0, []
+            added, dropped, leased = self.spool().put_leased(
+                events, max_bytes, policy, owner.fingerprint, lease
+            )
             self.spooled += added
-            return added, dropped
+            return added, dropped, leased
         except (sqlite3.DatabaseError, DamagedDatabase) as exc:
             if not is_damage(exc):
                 raise

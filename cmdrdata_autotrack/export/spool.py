@@ -9,8 +9,13 @@ another process sends the event again, with the same idempotency key.
 * ``delivered``: ids acknowledged recently, so an event read again from a
   journal after a crash is not sent again (kept for a week).
 * ``dead_letters``: events the API refused for good, with the reason.
-* ``meta``: running byte total (kept by triggers) and the senders' shared state
-  (circuit breaker, last error, last success) for ``doctor``.
+* ``meta``: running byte total (kept by triggers), the senders' shared state
+  (circuit breaker, last error, last success) for ``doctor``, and which batch
+  endpoints answered 404/405 (so that no process probes them again for a day).
+
+Every statement that touches many events runs as one transaction with
+``executemany`` (or ``IN`` lists): the per-event cost is SQLite's row work, not
+Python's or a commit's.
 
 Every waiting event and dead letter carries the identity (:mod:`.identity`) of
 the process that metered it, and a sender leases only the events its own
@@ -78,6 +83,12 @@ CREATE INDEX IF NOT EXISTS events_by_identity ON events (identity, seq);
 """
 
 DELIVERED_KEEP_S = 7 * 24 * 3600
+_IN_CHUNK = 300  # ids per ``IN (...)`` list (three lists a query): under SQLite's old 999
+_NO_BATCH = "no-batch:"  # meta key prefix: a batch endpoint that answered 404/405, and when
+_INSERT = (
+    "INSERT INTO events (event_id, body, size, created_at, identity, lease_owner, lease_until) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,15 @@ class Leased:
     body: str
     attempts: int
     identity: str = UNKNOWN
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a flush stands, for the events of some identities."""
+
+    depth: int  # waiting (due, backing off or leased)
+    leased: int  # of them, leased by a sender now (in flight)
+    next_due_in: float | None  # seconds until the next unleased one is due (0: now)
 
 
 @dataclass(frozen=True)
@@ -167,42 +187,78 @@ class Spool:
         ``max_bytes``, ``drop-newest`` refuses new events and ``drop-oldest`` makes
         room by deleting the oldest waiting ones.
         """
+        added, dropped, _ = self.put_leased(events, max_bytes, policy, identity)
+        return added, dropped
+
+    def put_leased(
+        self,
+        events: Iterable[tuple[str, str, object]],
+        max_bytes: int,
+        policy: str,
+        identity: str = UNKNOWN,
+        lease: tuple[str, float] | None = None,
+    ) -> tuple[int, int, list[Leased]]:
+        """:meth:`put`, the rows already leased to ``lease`` (owner, until) when given:
+        the importing process hands them to its own senders, with no lease to take.
+        Also returns the events added (the ones now leased)."""
         conn = self.conn
         now = time.time()
+        owner, until = lease if lease is not None else (None, 0.0)
+        items = [(event_id, body) for event_id, body, _ in events]
         added = dropped = 0
+        rows: list[tuple[str, str, int, float, str, str | None, float]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            known = self._known([event_id for event_id, _ in items])
+            fresh: dict[str, str] = {}
+            for event_id, body in items:  # the first of an id repeated in one call wins
+                if event_id not in known and event_id not in fresh:
+                    fresh[event_id] = body
             total = self._bytes()
-            for event_id, body, _ in events:
-                known = conn.execute(
-                    "SELECT 1 FROM events WHERE event_id = ?1 UNION ALL "
-                    "SELECT 1 FROM delivered WHERE event_id = ?1 UNION ALL "
-                    "SELECT 1 FROM dead_letters WHERE event_id = ?1 LIMIT 1",
-                    (event_id,),
-                ).fetchone()
-                if known:
-                    continue
-                size = len(body)
-                if total + size > max_bytes:
-                    if policy == "drop-oldest":
+            inserted = rows
+            if total + sum(len(body) for body in fresh.values()) <= max_bytes:
+                rows += [(i, b, len(b), now, identity, owner, until) for i, b in fresh.items()]
+            else:  # the bound applies: event by event, evicting or refusing
+                inserted = []
+                for event_id, body in fresh.items():
+                    size = len(body)
+                    if total + size > max_bytes and policy == "drop-oldest":
+                        conn.executemany(_INSERT, rows)  # the oldest may be in this call
+                        inserted += rows
+                        rows = []
                         freed, evicted = self._evict_oldest(total + size - max_bytes)
                         total -= freed
                         dropped += evicted
                     if total + size > max_bytes:
                         dropped += 1
                         continue
-                conn.execute(
-                    "INSERT INTO events (event_id, body, size, created_at, identity) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (event_id, body, size, now, identity),
-                )
-                total += size
-                added += 1
+                    rows.append((event_id, body, size, now, identity, owner, until))
+                    total += size
+                inserted += rows
+            conn.executemany(_INSERT, rows)
+            added = len(inserted)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return added, dropped
+        if lease is None:
+            return added, dropped, []
+        return added, dropped, [Leased(row[0], row[1], 0, identity) for row in inserted]
+
+    def _known(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` are waiting, delivered or dead-lettered already."""
+        known: set[str] = set()
+        for start in range(0, len(event_ids), _IN_CHUNK):
+            chunk = event_ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({marks}) UNION ALL "
+                f"SELECT event_id FROM delivered WHERE event_id IN ({marks}) UNION ALL "
+                f"SELECT event_id FROM dead_letters WHERE event_id IN ({marks})",
+                (*chunk, *chunk, *chunk),
+            ).fetchall()
+            known.update(row[0] for row in rows)
+        return known
 
     def _bytes(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()
@@ -223,10 +279,16 @@ class Spool:
     # --- out --------------------------------------------------------------------------------
 
     def lease(
-        self, owner: str, limit: int, lease_s: float, identities: Sequence[str] = (UNKNOWN,)
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        identities: Sequence[str] = (UNKNOWN,),
+        max_bytes: int | None = None,
     ) -> list[Leased]:
         """Claim up to ``limit`` due events of ``identities`` for ``lease_s`` seconds,
-        oldest first."""
+        oldest first; with ``max_bytes``, no more than that many bytes of bodies (but at
+        least one event)."""
         now = time.time()
         conn = self.conn
         where, params = _of(identities)
@@ -238,10 +300,13 @@ class Spool:
                 "ORDER BY seq LIMIT ?",
                 (now, now, *params, limit),
             ).fetchall()
+            if max_bytes is not None:
+                rows = _within(rows, max_bytes)
             if rows:
+                until = now + lease_s
                 conn.executemany(
                     "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                    [(owner, now + lease_s, row[0]) for row in rows],
+                    [(owner, until, row[0]) for row in rows],
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -250,24 +315,46 @@ class Spool:
         return [Leased(*row[1:]) for row in rows]
 
     def ack(self, event_ids: Sequence[str]) -> None:
+        """Acknowledged: out of the queue, remembered as delivered (one transaction)."""
+        if not event_ids:
+            return
         now = time.time()
-        statements: list[tuple[str, Sequence[object]]] = []
-        for event_id in event_ids:
-            statements.append(("DELETE FROM events WHERE event_id = ?", (event_id,)))
-            statements.append(("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (event_id, now)))
-        if statements:
-            self._write(statements)
+        self._write_many(
+            [
+                ("DELETE FROM events WHERE event_id = ?", [(i,) for i in event_ids]),
+                ("INSERT OR REPLACE INTO delivered VALUES (?, ?)", [(i, now) for i in event_ids]),
+            ]
+        )
 
     def retry(self, event_id: str, delay_s: float, error: str) -> None:
-        self._write(
+        self.retry_many([event_id], delay_s, error)
+
+    def retry_many(self, event_ids: Sequence[str], delay_s: float, error: str) -> None:
+        """Count a failed attempt at each event; all are due again in ``delay_s`` (so that a
+        batch that failed is retried as one batch)."""
+        if not event_ids:
+            return
+        due, reason = time.time() + delay_s, error[:500]
+        self._write_many(
             [
                 (
                     "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, "
                     "lease_owner = NULL, lease_until = 0, last_error = ? WHERE event_id = ?",
-                    (time.time() + delay_s, error[:500], event_id),
+                    [(due, reason, i) for i in event_ids],
                 )
             ]
         )
+
+    def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def reclaim(self, is_dead: Callable[[str], bool]) -> int:
         """Free the leases of owners that are gone (a process killed while sending)."""
@@ -296,10 +383,12 @@ class Spool:
 
     def extend_lease(self, event_ids: Sequence[str], lease_s: float) -> None:
         until = time.time() + lease_s
-        self._write(
+        self._write_many(
             [
-                ("UPDATE events SET lease_until = ? WHERE event_id = ?", (until, i))
-                for i in event_ids
+                (
+                    "UPDATE events SET lease_until = ? WHERE event_id = ?",
+                    [(until, i) for i in event_ids],
+                )
             ]
         )
 
@@ -317,12 +406,15 @@ class Spool:
 
     def release(self, event_ids: Sequence[str]) -> None:
         """Give leased events back without counting an attempt (shutdown, breaker open)."""
-        self._write(
-            [
-                ("UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE event_id = ?", (i,))
-                for i in event_ids
-            ]
-        )
+        if event_ids:
+            self._write_many(
+                [
+                    (
+                        "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE event_id = ?",
+                        [(i,) for i in event_ids],
+                    )
+                ]
+            )
 
     def dead_letter(self, event_id: str, reason: str, status: int | None) -> None:
         self._write(
@@ -397,6 +489,22 @@ class Spool:
             return None
         return max(0.0, float(row[0]) - time.time())
 
+    def progress(self, identities: Sequence[str] | None = None) -> Progress:
+        """How many events (of ``identities``) wait, how many are in flight, and when the
+        next one not in flight is due."""
+        now = time.time()
+        where, params = _of(identities)
+        depth, leased, next_at = self.conn.execute(
+            "SELECT COUNT(*), SUM(lease_until > ?1), MIN(CASE WHEN lease_until <= ?1 "
+            f"THEN next_attempt_at END) FROM events WHERE {where}",
+            (now, *params),
+        ).fetchone()
+        return Progress(
+            depth=int(depth),
+            leased=int(leased or 0),
+            next_due_in=None if next_at is None else max(0.0, float(next_at) - now),
+        )
+
     def stats(self, identities: Sequence[str] | None = None) -> Stats:
         """Counts for the events of ``identities`` (all events when ``None``)."""
         now = time.time()
@@ -436,6 +544,36 @@ class Spool:
     def state(self) -> dict[str, object]:
         rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'state.%'").fetchall()
         return {key[len("state.") :]: json.loads(value) for key, value in rows}
+
+    def no_batch_since(self, url: str) -> float | None:
+        """When a sender found that ``url`` is no batch endpoint (404/405), if one did."""
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (_NO_BATCH + url,)
+        ).fetchone()
+        try:
+            found = json.loads(row[0])["at"] if row else None
+        except (ValueError, TypeError, KeyError):
+            return None
+        return float(found) if isinstance(found, (int, float)) else None
+
+    def remember_no_batch(self, url: str, status: int | None) -> None:
+        """``url`` answered 404/405: senders use the single-event endpoint for a while."""
+        value = json.dumps({"at": time.time(), "status": status})
+        self._write([("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_NO_BATCH + url, value))])
+
+    def forget_no_batch(self, url: str) -> None:
+        """``url`` accepted a batch: let new processes use it straight away."""
+        self._write([("DELETE FROM meta WHERE key = ?", (_NO_BATCH + url,))])
+
+
+def _within(rows: list[tuple[object, ...]], max_bytes: int) -> list[tuple[object, ...]]:
+    """The first ``rows`` whose bodies (column 2) fit in ``max_bytes``, at least one."""
+    total = 0
+    for index, row in enumerate(rows):
+        total += len(str(row[2]))
+        if total > max_bytes and index > 0:
+            return rows[:index]
+    return rows
 
 
 def _of(identities: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
