@@ -172,6 +172,27 @@ SETTINGS: tuple[Setting, ...] = (
         option="--ledger",
     ),
     Setting(
+        "ledger_url",
+        "CMDRDATA_LEDGER_URL",
+        "str",
+        None,
+        "A PostgreSQL database (`postgresql://user:password@host:5432/db`) that every "
+        "process of a fleet records its usage in, with a key or without; `report` and "
+        "`reconcile` then read it. Needs `cmdrdata-autotrack[postgres]`. Unset: the local "
+        "ledger.",
+        secret=True,
+    ),
+    Setting(
+        "ledger_retention",
+        "CMDRDATA_LEDGER_RETENTION",
+        "float",
+        "35",
+        "Days the fleet ledger keeps usage per hour, customer, model and unit (the events "
+        "themselves: 2 days).",
+        minimum=1,
+        maximum=3650,
+    ),
+    Setting(
         "shutdown_timeout",
         "CMDRDATA_SHUTDOWN_TIMEOUT",
         "float",
@@ -469,6 +490,8 @@ class Settings:
     spool_max_mb: float = 256.0
     spool_overflow: str = "drop-newest"
     ledger_path: str | None = None
+    ledger_url: str | None = None
+    ledger_retention: float = 35.0
     shutdown_timeout: float = 5.0
     retry_base_delay: float = 0.5
     retry_max_delay: float = 60.0

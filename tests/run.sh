@@ -11,14 +11,16 @@ VENVS=${CMDRDATA_TEST_VENVS:-.venv-test}
 SDK_RANGES=${CMDRDATA_TEST_OPENAI:-">=1,<2 >=2,<3 >=3,<4"}
 
 # System packages some tests drive for real: headless Chromium renders the HTML
-# report, redis-server holds the fleet-wide limit counters, PostgreSQL is the
-# fleet ledger. Installed from Debian's
-# packages when missing (as root); elsewhere those tests skip and say why, except
-# under CI (CMDRDATA_REQUIRE_SYSTEM_TOOLS=1), where a missing tool fails them.
+# report, redis-server holds the fleet-wide limit counters, PostgreSQL's server is
+# the fleet ledger. Installed from Debian's packages when missing (as root);
+# elsewhere those tests skip and say why, except under CI
+# (CMDRDATA_REQUIRE_SYSTEM_TOOLS=1), where a missing tool fails them.
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
-{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || missing="$missing postgresql"
+# PostgreSQL's server (initdb, postgres) lives outside PATH, in /usr/lib/postgresql/*/bin
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || missing="$missing postgresql"
 if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "== apt-get install$missing"
   apt-get update -qq >/dev/null

@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from ..config import Settings
+from ..export import fleet_ledger
 from ..export.backoff import MAX_TIMEOUT_S, clamp
 from ..export.client import safe_extract
 from ..export.identity import describe_counts
@@ -85,12 +86,20 @@ def _record(pipeline: Pipeline) -> int:
         if pipeline.spool_path.exists():
             store.spool()  # a damaged spool is reported before anything is moved
         pipeline.import_journal(store)
-        print(f"Recorded {store.recorded} event(s) in the ledger {pipeline.ledger_path}.")
+        waiting = store.fleet_waiting()
+        if store.fleet is not None:  # CMDRDATA_LEDGER_URL
+            where = fleet_ledger.describe(store.fleet.store.url)
+            print(f"Recorded {store.fleet.recorded} event(s) in the fleet ledger {where}.")
+            if waiting:
+                print(f"{waiting} event(s) wait in {store.fleet.outbox_path} for it to answer.")
+        else:
+            print(f"Recorded {store.recorded} event(s) in the ledger {pipeline.ledger_path}.")
         if pipeline.spool_path.exists():
             _print_others(store.spool(), pipeline)
     finally:
         store.close()
-    return 1 if store.kept else 0  # a damaged ledger: the warning said what to do
+    # a damaged ledger (the warning said what to do), or the fleet ledger did not answer
+    return 1 if store.kept or waiting else 0
 
 
 def _print_others(spool: Spool, pipeline: Pipeline) -> None:
@@ -112,7 +121,7 @@ def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
     serves = pipeline.serves  # this key and endpoint's events (and unknown ones), no others'
     timeout = clamp(args.timeout, 0.0, MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S)  # nan: the default
     spool = Spool(pipeline.spool_path)
-    store = ImportTargets(pipeline.spool_path, spool)
+    store = ImportTargets(pipeline.spool_path, spool, fleet=pipeline.fleet_recorder())
     try:
         pipeline.import_journal(store)
         spool.reclaim(owner_is_dead)  # leases of processes that died while sending

@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterator, Sequence
 
 from ..config import Settings
+from ..export import fleet_ledger
 from ..paths import ledger_path
 from ..pricing import load_prices
 from ..reconcile import metered, scope
 from ..reconcile.buckets import WIDTHS, Window
 from ..reconcile.compare import Coverage, compare
+from ..reconcile.fleet_source import FleetSource
 from ..reconcile.metered import CallReader, LedgerSource, MeteredCall
 from ..reconcile.model import DIMENSION_ALIASES, ENDPOINTS, UNITS, UsageRecord
 from ..reconcile.render import Context, render_json, render_table, write_csv
@@ -196,7 +198,12 @@ def _error(message: str) -> int:
     return EXIT_ERROR
 
 
-def _read_calls(source: LedgerSource, reader: CallReader, days: Window) -> Iterator[MeteredCall]:
+def _read_calls(
+    source: LedgerSource | FleetSource, reader: CallReader, days: Window
+) -> Iterator[MeteredCall]:
+    if isinstance(source, FleetSource):  # summed per bucket already
+        yield from source.calls(reader, days.start, days.end)
+        return
     for event in source.events(days.start, days.end):
         call = reader.read(event)
         if call is not None:
@@ -230,7 +237,13 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _error(f"cannot use the prices file: {exc}")
 
-    source = LedgerSource(ledger_path(args.ledger or settings.ledger_path))
+    fleet_url, retention = fleet_ledger.configured(settings)
+    source: LedgerSource | FleetSource
+    if fleet_url and not args.ledger:  # every process's usage, keyed or not
+        store = fleet_ledger.FleetStore(fleet_url, retention_days=retention)
+        source = FleetSource(store, resolution=window.width)
+    else:
+        source = LedgerSource(ledger_path(args.ledger or settings.ledger_path))
     notes: list[str] = []
     try:
         calls = metered.aggregate(
@@ -238,12 +251,17 @@ def run(args: argparse.Namespace) -> int:
         )
     except (sqlite3.Error, OSError) as exc:  # a locked or damaged file, not a database
         return _error(f"cannot read {source.describe()}: {exc}")
+    except fleet_ledger.FleetUnavailable as exc:
+        return _error(f"cannot read the fleet ledger ({exc})")
+    finally:
+        if isinstance(source, FleetSource):
+            source.store.close()
     calls_count = sum(int(c.units.requests) for c in calls)
     if not calls:
         notes.append(f"No metered usage in this range ({source.describe()}).")
     if source.unreadable:
         notes.append(f"{source.unreadable:,} ledger row(s) could not be read and were skipped.")
-    if settings.api_key:
+    if settings.api_key and isinstance(source, LedgerSource):
         if not calls:
             return _error(
                 "CMDRDATA_API_KEY is set, so usage is delivered to cmdrdata and the local ledger "

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import Settings
+from ..export import fleet_ledger
 from ..paths import ledger_path
 from ..pricing import PriceTable, load_prices
 from . import html_report
+from .fleet_query import load_fleet_report
 from .usage_query import (
     GROUPINGS,
     LedgerProblem,
@@ -240,7 +242,7 @@ def render_json(
     *,
     since: float | None,
     until: float | None,
-    ledger: Path,
+    ledger: Path | str,
 ) -> str:
     document = {
         "rows": [r.to_dict() for r in rows],
@@ -370,7 +372,12 @@ def run(args: argparse.Namespace) -> int:
         return _error("--since must be before --until")
 
     settings = Settings.from_env()
-    path = ledger_path(getattr(args, "ledger", None) or settings.ledger_path)
+    fleet_url, retention = fleet_ledger.configured(settings)
+    if getattr(args, "ledger", None):  # a local ledger file named: it wins
+        fleet_url = None
+    fleet = fleet_ledger.FleetStore(fleet_url, retention_days=retention) if fleet_url else None
+    local = ledger_path(getattr(args, "ledger", None) or settings.ledger_path)
+    path: Path | str = local if fleet is None else fleet.where
     prices_file = getattr(args, "prices", None) or os.environ.get(PRICES_ENV, "").strip() or None
     try:
         prices = load_prices(prices_file)
@@ -390,9 +397,19 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"cannot use the reconciliation {reconcile_file}: {exc}")
 
     try:
-        report = load_report(path, since, until, customer, prices, per_day=bool(html_file))
+        if fleet is not None:  # every process's usage (CMDRDATA_LEDGER_URL)
+            report = load_fleet_report(
+                fleet, since, until, customer, prices, per_day=bool(html_file)
+            )
+        else:
+            report = load_report(local, since, until, customer, prices, per_day=bool(html_file))
     except LedgerProblem as exc:
         return _error(str(exc))
+    except fleet_ledger.FleetUnavailable as exc:
+        return _error(f"cannot read the fleet ledger ({exc})")
+    finally:
+        if fleet is not None:
+            fleet.close()
     rows: list[ReportRow] | None = None if report is None else report.by(by)
 
     if html_file:
@@ -409,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if rows is None:
         message = f"No usage has been recorded yet (ledger: {path})."
-        if settings.api_key:
+        if settings.api_key and fleet is None:
             message += " CMDRDATA_API_KEY is set, so usage is sent to cmdrdata instead."
         if not (as_json or as_csv):
             print(message, file=out)

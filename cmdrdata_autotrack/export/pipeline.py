@@ -48,6 +48,7 @@ from .. import forksafe, paths, tunables
 from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
+from . import fleet_ledger, fleet_outbox
 from . import identity as identities
 from . import ledger as ledger_db
 from .backoff import MAX_TIMEOUT_S, CircuitBreaker, backoff_delay, clamp
@@ -115,6 +116,8 @@ class Pipeline:
                 paths.make_private_dir(where.spool_dir, tighten=True)
         self.max_bytes = int(settings.spool_max_mb * 1024 * 1024)
         self.mode = "deliver" if settings.api_key else "ledger"
+        # the fleet ledger (CMDRDATA_LEDGER_URL): every process's usage, keyed or not
+        self.fleet_url, self.fleet_retention = fleet_ledger.configured(settings)
         # whose usage this process meters: its events are delivered (or recorded) under it
         self.identity = identities.of(
             settings.api_key, settings.endpoint, settings.batch_endpoint, str(self.ledger_path)
@@ -226,8 +229,24 @@ class Pipeline:
             leftovers = any(journal_dir.iterdir()) if journal_dir.exists() else False
         except OSError:
             leftovers = False
+        if self.fleet_url and self._fleet_waiting():  # the fleet ledger was down
+            leftovers = True
         if leftovers or (self.mode == "deliver" and self.spool_path.exists()):
             self.start()
+
+    def _fleet_waiting(self) -> int:
+        try:
+            return fleet_outbox.waiting_in(self.spool_dir)
+        except (sqlite3.Error, DamagedDatabase):
+            return 0
+
+    def fleet_recorder(self) -> fleet_outbox.FleetRecorder | None:
+        """The importer's way into the fleet ledger (``None`` without one)."""
+        if not self.fleet_url:
+            return None
+        return fleet_outbox.FleetRecorder(
+            self.fleet_url, self.spool_dir, retention_days=self.fleet_retention
+        )
 
     def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
         """Run ``loop``; after an internal error, log it and start it again (with a pause)."""
@@ -282,7 +301,7 @@ class Pipeline:
 
     def open_store(self) -> ImportTargets:
         """Where the importer puts events: the spool, or a ledger (opened when first needed)."""
-        return ImportTargets(self.spool_path)
+        return ImportTargets(self.spool_path, fleet=self.fleet_recorder())
 
     def import_journal(self, store: ImportTargets | Spool | None = None) -> int:
         """Move every ready journal segment into the spool or a ledger, each by the identity
@@ -290,7 +309,9 @@ class Pipeline:
         if isinstance(store, ImportTargets):
             targets = store
         else:  # a spool of the caller's (or none yet): ledgers open for this call only
-            targets = ImportTargets(store.path if store else self.spool_path, store)
+            targets = ImportTargets(
+                store.path if store else self.spool_path, store, fleet=self.fleet_recorder()
+            )
         try:
             return self._import_into(targets)
         finally:
@@ -357,6 +378,8 @@ class Pipeline:
                     dropped,
                 )
         self.journal.reconcile()
+        if targets.fleet is not None:  # what waited for the fleet ledger; pruning
+            targets.fleet.tick()
         if targets.spooled > spooled_before and (
             not self._lingering or self._fresh >= self.batch_size
         ):
@@ -814,6 +837,10 @@ class Pipeline:
 
     def readiness(self) -> tuple[bool, str]:
         """Can this process deliver usage right now? (for /readyz)"""
+        if self.mode == "ledger" and self.fleet_url:
+            return True, "ready: recording to the fleet ledger " + fleet_ledger.describe(
+                self.fleet_url
+            )
         if self.mode == "ledger":
             return True, f"ready: recording to the local ledger {self.ledger_path}"
         if self.problem:
@@ -835,8 +862,8 @@ class Pipeline:
         store = self.open_store()
         try:
             self.import_journal(store)
-            if self.mode == "ledger":
-                return store.kept == 0
+            if self.mode == "ledger":  # and nothing waits for the fleet ledger
+                return store.kept == 0 and store.fleet_waiting() == 0
             if self.problem:
                 return False
             return self.drain(store.spool(), deadline) and store.kept == 0
@@ -953,6 +980,23 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
+def _record_in_fleet(
+    fleet: fleet_outbox.FleetRecorder,
+    owner: identities.Identity,
+    events: list[tuple[str, str, dict[str, Any] | None]],
+    max_bytes: int,
+    policy: str,
+) -> None:
+    """Keyed usage, delivered to cmdrdata, is written to the fleet ledger too."""
+    _, unrecorded = fleet.record(events, owner.fingerprint, max_bytes, policy)
+    if unrecorded:
+        logger.warning(
+            "cmdrdata: the fleet ledger's outbox is full: %d events not recorded in it "
+            "(they are delivered to cmdrdata all the same)",
+            unrecorded,
+        )
+
+
 class ImportTargets:
     """Where imported events go, by the identity they were metered under.
 
@@ -962,8 +1006,14 @@ class ImportTargets:
     tried again for a few seconds: its segments stay in the journal meanwhile.
     """
 
-    def __init__(self, spool_path: Path, spool: Spool | None = None) -> None:
+    def __init__(
+        self,
+        spool_path: Path,
+        spool: Spool | None = None,
+        fleet: fleet_outbox.FleetRecorder | None = None,
+    ) -> None:
         self.spool_path = spool_path
+        self.fleet = fleet  # with CMDRDATA_LEDGER_URL: the fleet ledger gets every event
         self._spool = spool
         self._borrowed = spool is not None  # the caller's: not closed here
         self._ledgers: dict[Path, sqlite3.Connection] = {}
@@ -1001,6 +1051,10 @@ class ImportTargets:
         :class:`DamagedDatabase` when their store is damaged."""
         keyless, target = self.check(owner, default_ledger)
         try:
+            if keyless and self.fleet is not None:  # the fleet ledger instead of a local one
+                added, dropped = self.fleet.record(events, owner.fingerprint, max_bytes, policy)
+                self.recorded += added
+                return added, dropped, []
             if keyless:
                 conn = self._ledgers.get(target) or ledger_db.open_ledger(target)
                 self._ledgers[target] = conn
@@ -1011,6 +1065,8 @@ class ImportTargets:
                 events, max_bytes, policy, owner.fingerprint, lease
             )
             self.spooled += added
+            if self.fleet is not None:  # what was metered, for report and reconcile
+                _record_in_fleet(self.fleet, owner, events, max_bytes, policy)
             return added, dropped, leased
         except (sqlite3.DatabaseError, DamagedDatabase) as exc:
             if not is_damage(exc):
@@ -1030,7 +1086,13 @@ class ImportTargets:
             elif target in self._ledgers:
                 self._ledgers.pop(target).close()
 
+    def fleet_waiting(self) -> int:
+        """Events waiting for the fleet ledger (in the outbox of the spool folder)."""
+        return self.fleet.waiting() if self.fleet is not None else 0
+
     def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
         if self._spool is not None and not self._borrowed:
             self._spool.close()
         for conn in self._ledgers.values():
