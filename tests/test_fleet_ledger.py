@@ -25,7 +25,7 @@ import pytest
 
 from cmdrdata_autotrack.cli.fleet_query import load_fleet_report
 from cmdrdata_autotrack.cli.usage_query import load_report
-from cmdrdata_autotrack.config import SETTINGS, Settings
+from cmdrdata_autotrack.config import Settings
 from cmdrdata_autotrack.export import fleet_ledger
 from cmdrdata_autotrack.export.fleet_ledger import (
     HOUR,
@@ -52,13 +52,6 @@ MINI = "gpt-4o-mini-2024-07-18"
 PRICES = load_prices()
 KEY = "tk-fleet-test-0123456789"
 NOW = float(int(time.time() // HOUR) * HOUR + 1800)  # mid-hour: the tests' clock
-# The importer, report and reconcile know the fleet ledger once config.py has its settings.
-INTEGRATED = any(s.name == "ledger_url" for s in SETTINGS)
-needs_integration = pytest.mark.skipif(
-    not INTEGRATED,
-    reason="the fleet ledger is not wired into the importer, report and reconcile yet "
-    "(config.py has no CMDRDATA_LEDGER_URL setting)",
-)
 
 
 def _missing(what: str) -> None:
@@ -567,8 +560,7 @@ def test_the_settings_and_the_url_never_shown_with_its_password(
     assert fleet_ledger.configured(settings) == (url, 7.0)
     monkeypatch.setenv("CMDRDATA_LEDGER_RETENTION", "0")  # out of range: the default
     assert fleet_ledger.configured(Settings.from_env())[1] == 35.0
-    if INTEGRATED:  # a secret: masked wherever settings are shown
-        assert "s3cret" not in str(settings.masked())
+    assert "s3cret" not in str(settings.masked())  # a secret: masked wherever shown
 
 
 # --- the ledger unreachable -----------------------------------------------------------------
@@ -687,7 +679,6 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@needs_integration
 def test_two_machines_record_every_event_exactly_once(
     fake: FakeOpenAI, url: str, tmp_path: Path
 ) -> None:
@@ -740,7 +731,6 @@ def test_two_machines_record_every_event_exactly_once(
     assert snapshot(url) == before
 
 
-@needs_integration
 def test_keyed_usage_is_delivered_and_recorded_in_the_fleet_ledger(
     fake: FakeOpenAI, url: str, tmp_path: Path
 ) -> None:
@@ -763,7 +753,6 @@ def test_keyed_usage_is_delivered_and_recorded_in_the_fleet_ledger(
     assert all(identity.startswith("k-") for _, identity in rows)  # metered under the key
 
 
-@needs_integration
 def test_with_the_ledger_down_usage_waits_and_arrives_once_when_it_is_back(
     fake: FakeOpenAI, pg: PostgresServer, url: str, tmp_path: Path
 ) -> None:
@@ -789,7 +778,6 @@ def test_with_the_ledger_down_usage_waits_and_arrives_once_when_it_is_back(
     assert calls_by_customer(url) == {"acme": 3, "bob": 1}
 
 
-@needs_integration
 def test_reconcile_with_a_tracker_key_reads_the_fleet_ledger(
     store: FleetStore, url: str, tmp_path: Path
 ) -> None:
