@@ -45,6 +45,10 @@ class Agent:
             self.processor.sinks.append(self.pipeline.submit)
         self.tracers = TracerSource(settings, [self.processor])
         self.runtime = Runtime(settings, self.tracers)
+        if not settings.disabled:
+            from .limits.setup import configure as configure_limits
+
+            configure_limits(settings)  # CMDRDATA_LIMITS_FILE; never raises
 
     @property
     def metering(self) -> bool:
@@ -88,6 +92,9 @@ class Agent:
         return self.pipeline.flush(timeout) if self.pipeline is not None else True
 
     def shutdown(self, timeout: float | None = None) -> None:
+        from .limits.setup import sync_at_exit
+
+        sync_at_exit()  # the limit counters' last usage (SIGTERM skips atexit)
         if self.pipeline is not None:
             self.pipeline.shutdown(timeout)
 
@@ -106,7 +113,8 @@ _lifecycle_installed = False
 
 def _install_lifecycle() -> None:
     global _lifecycle_installed
-    if not _lifecycle_installed:
+    # the bootstrap installs them at start-up (its own hooks call this module's)
+    if not _lifecycle_installed and not getattr(sys, "_cmdrdata_autotrack_lifecycle", False):
         _lifecycle_installed = True
         atexit.register(_at_exit)
         lifecycle.install_signal_handlers(_on_terminate)
@@ -164,7 +172,10 @@ def ensure_started(**overrides: Any) -> Agent:
     if current is None:
         settings = Settings.from_env(**given)
         agent_logging.configure(settings.log_level, settings.log_format)
-        return start(settings)
+        current = start(settings)
+        if current.settings is settings:
+            return current
+        # another start came first (the bootstrap's, in the background): apply ours to it
     changed = {k: v for k, v in given.items() if getattr(current.settings, k) != v}
     if changed:
         with _lock:

@@ -5,34 +5,43 @@ agent costs nothing but this finder on ``sys.meta_path`` (and, when
 ``CMDRDATA_METRICS_PORT`` is set, the health server's socket and thread). (wrapt has post-import
 hooks too; the agent uses them once ``openai`` is there, but wrapt itself is not
 imported at start-up.)
+
+It runs in every Python process under ``cmdrdata-run``, so it imports only what the
+interpreter has already loaded or nearly so: not ``importlib.abc`` (which pulls
+``importlib.resources``, ``tempfile``, ``pathlib``...), ``threading`` or ``typing``.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from types import ModuleType
-from typing import Any
+from _thread import _local as thread_local  # what threading.local is, without threading
+from importlib.machinery import PathFinder
 
-Hook = Callable[[ModuleType], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
+
+    Hook = Callable[[ModuleType], None]
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
+    """A ``sys.meta_path`` finder (the protocol needs only ``find_spec``) for one module."""
+
     def __init__(self, name: str, hook: Hook) -> None:
         self.name, self.hook = name, hook
-        self._busy = threading.local()
+        self._busy = thread_local()
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
+    ) -> ModuleSpec | None:
         if fullname != self.name or getattr(self._busy, "on", False):
             return None
         self._busy.on = True
         try:
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            spec = PathFinder.find_spec(fullname, path)
             if spec is None:
                 for finder in sys.meta_path:
                     if finder is self or not hasattr(finder, "find_spec"):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
-from .telemetry.logging import error_once
+# The bootstrap installs the handler in every process under cmdrdata-run: the C module
+# behind ``signal`` sets the same handlers without loading ``enum`` and friends first.
+try:
+    import _signal as signal  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - an interpreter without it
+    import signal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
 
 
 def install_signal_handlers(on_terminate: Callable[[], None]) -> bool:
@@ -19,19 +25,19 @@ def install_signal_handlers(on_terminate: Callable[[], None]) -> bool:
     needs nothing: it raises ``KeyboardInterrupt``, the interpreter exits, and the
     exit hook flushes.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    try:
+    try:  # (off the main thread, signal.signal below raises ValueError)
         previous = signal.getsignal(signal.SIGTERM)
     except (AttributeError, ValueError):
         return False
-    if previous is signal.SIG_IGN:
+    if previous == signal.SIG_IGN:  # 1, or the enum member equal to it
         return False
 
     def handler(signum: int, frame: FrameType | None) -> Any:
         try:
             on_terminate()
         except Exception:
+            from .telemetry.logging import error_once
+
             error_once("sigterm", "cmdrdata: could not flush on SIGTERM")
         if callable(previous):
             return previous(signum, frame)

@@ -145,8 +145,9 @@ def test_python_dash_c_pass_does_not_import_openai(fake: FakeOpenAI) -> None:
 
 def test_agent_starts_when_the_app_imports_openai(fake: FakeOpenAI) -> None:
     code = (
-        "import sys; from cmdrdata_autotrack import agent; before = agent.get() is None; "
-        "import openai; print(before, agent.get() is not None, 'opentelemetry.sdk.trace' in sys.modules)"
+        "import sys; from cmdrdata_autotrack import agent, bootstrap; before = agent.get() is None; "
+        "import openai; bootstrap._finish_starting(); "  # it starts in the background
+        "print(before, agent.get() is not None, 'opentelemetry.sdk.trace' in sys.modules)"
     )
     result = run([RUN, sys.executable, "-c", code], app_env(fake))
     assert result.returncode == 0, result.stderr

@@ -18,15 +18,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-from opentelemetry import metrics as otel_metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..usage import attributes as A
 from . import metrics
 from .logging import warn_once
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Observation
 
 TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, ... 81.92
@@ -41,11 +41,15 @@ _COMMON = (
 
 
 def _meter_provider() -> Any:
-    """The app's meter provider, or the agent's own from OTEL_METRICS_EXPORTER, or None."""
-    from opentelemetry.sdk.metrics import MeterProvider
+    """The app's meter provider, or the agent's own from OTEL_METRICS_EXPORTER, or None.
 
-    provider = otel_metrics.get_meter_provider()
-    if isinstance(provider, MeterProvider):
+    Resolved at the first metered call, on the app's thread: the metrics SDK is imported
+    only when it is used (an app's SDK provider means the app imported it already)."""
+    from opentelemetry import metrics as metrics_api
+
+    provider = metrics_api.get_meter_provider()
+    sdk = sys.modules.get("opentelemetry.sdk.metrics")
+    if sdk is not None and isinstance(provider, sdk.MeterProvider):
         return provider
     names = [
         n.strip().lower()
@@ -54,6 +58,7 @@ def _meter_provider() -> Any:
     ]
     if not names:
         return None
+    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
         MetricReader,
@@ -120,11 +125,15 @@ class AgentMetrics:
     @staticmethod
     def _counter(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
+            from opentelemetry.metrics import Observation
+
             return [Observation(metrics.snapshot().get(name, 0))]
 
         return observe
 
     def _spool(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         try:
             stats = self._spool_stats()
         except Exception:

@@ -90,6 +90,16 @@ class TracerSource:
             self._explicit = provider
             self._seen, self._tracer = None, None
 
+    def warm_up(self) -> None:
+        """Resolve the tracer now, off the request path (the bootstrap's background start):
+        building the agent's own provider is the first call's slowest step otherwise. The
+        choice is made again at each call, as always, so an app that configures
+        OpenTelemetry later is still joined."""
+        try:
+            self.tracer()
+        except Exception:  # e.g. the interpreter is exiting; the first call tries again
+            logger.debug("cmdrdata: tracer not prepared ahead of the first call", exc_info=True)
+
     def tracer(self) -> trace.Tracer:
         provider = self._explicit or trace.get_tracer_provider()
         tracer = self._tracer
@@ -99,6 +109,21 @@ class TracerSource:
             self._tracer = tracer = self._resolve(provider)
             self._seen = provider
         return tracer
+
+    def tracer_for(self, scope: str) -> trace.Tracer:
+        """A tracer of another scope, from the provider the agent's spans go to.
+
+        The metering processor takes only spans of the agent's own scope (or marked
+        metered): a span of this tracer, such as a Realtime session that parents its
+        metered responses, is traced but never billed.
+        """
+        self.tracer()  # joins (or builds) the provider first
+        provider = self._explicit or trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = self._own
+        if isinstance(provider, TracerProvider):
+            return provider.get_tracer(scope, __version__)
+        return trace.NoOpTracer()
 
     def _resolve(self, provider: object) -> trace.Tracer:
         if isinstance(provider, TracerProvider):
