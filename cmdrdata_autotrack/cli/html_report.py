@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from .usage_query import DAY, ReportRow, UsageReport, format_cost, regroup, total
+from .usage_query import (
+    COUNT_COLUMNS,
+    DAY,
+    ReportRow,
+    UsageReport,
+    format_cost,
+    regroup,
+    total,
+)
 
 MAX_SERIES = 8  # customers drawn in the stacked charts; the rest are "other"
 TOP = 10  # rows of the top-customers and top-models tables
@@ -409,29 +417,12 @@ def _usage_table(report: UsageReport) -> str:
 
     def cells(row: ReportRow, labels: list[str]) -> list[str]:
         money = format_cost(row.cost) + ("*" if row.unpriced_calls and row.cost is not None else "")
-        numbers = (
-            row.calls,
-            row.input_tokens,
-            row.cached_input_tokens,
-            row.output_tokens,
-            row.reasoning_tokens,
-            row.total_tokens,
-            row.estimated_calls,
-            row.failed_calls,
-        )
-        return [*labels, *(f"{n:,}" for n in numbers), money]
+        return [*labels, *(f"{n:,}" for n in row.counts()), money]
 
     header = [
         "Customer",
         "Model",
-        "Calls",
-        "Input",
-        "Cached",
-        "Output",
-        "Reasoning",
-        "Total tokens",
-        "Estimated",
-        "Failed",
+        *(heading for _, heading in COUNT_COLUMNS),
         f"Cost ({report.prices.currency})",
     ]
     body = [cells(r, [r.customer or "", r.model or ""]) for r in report.rows]
@@ -453,40 +444,45 @@ def _iso_day(stamp: object, *, end: bool = False) -> int | None:
     return seconds // DAY * DAY
 
 
-def _reconciliation(document: Mapping[str, Any]) -> str:
-    """Metered vs billed per UTC day, from ``reconcile --json``."""
+def _sums_per_day(document: Mapping[str, Any]) -> tuple[dict[int, dict[str, float]], set[int]]:
+    """The rows of ``reconcile --json`` summed per UTC day (``metered_requests``,
+    ``billed_cost``, ...), and the days that hold an incomplete bucket."""
     per_day: dict[int, dict[str, float]] = {}
     incomplete: set[int] = set()
-    for row in document.get("rows", []):
-        if not isinstance(row, dict) or not isinstance(row.get("start_time"), int):
-            continue
-        day = row["start_time"] // DAY * DAY
-        into = per_day.setdefault(day, {})
+
+    def days_of(key: str) -> Iterator[tuple[Mapping[str, Any], dict[str, float]]]:
+        """The well-formed rows of ``document[key]``, each with the sums of its day."""
+        for row in document.get(key, []):
+            if isinstance(row, dict) and isinstance(row.get("start_time"), int):
+                day = row["start_time"] // DAY * DAY
+                if row.get("complete") is False:
+                    incomplete.add(day)
+                yield row, per_day.setdefault(day, {})
+
+    def add(into: dict[str, float], name: str, value: object) -> None:
+        if isinstance(value, int | float):
+            into[name] = into.get(name, 0.0) + value
+
+    for row, into in days_of("rows"):
         for side in ("metered", "billed"):
             found = row.get(side)
             units: Mapping[str, Any] = found if isinstance(found, dict) else {}
             for unit in ("requests", "input_tokens", "output_tokens"):
-                value = units.get(unit, 0)
-                if isinstance(value, int | float):
-                    into[f"{side}_{unit}"] = into.get(f"{side}_{unit}", 0.0) + value
-        if row.get("complete") is False:
-            incomplete.add(day)
-    costs = document.get("costs_compared") is True
-    for row in document.get("cost_rows", []):
-        if not isinstance(row, dict) or not isinstance(row.get("start_time"), int):
-            continue
-        day = row["start_time"] // DAY * DAY
-        into = per_day.setdefault(day, {})
+                add(into, f"{side}_{unit}", units.get(unit, 0))
+    for row, into in days_of("cost_rows"):
         for side in ("metered", "billed"):
-            value = row.get(side)
-            if isinstance(value, int | float):
-                into[f"{side}_cost"] = into.get(f"{side}_cost", 0.0) + value
-        if row.get("complete") is False:
-            incomplete.add(day)
+            add(into, f"{side}_cost", row.get(side))
     for stamp in document.get("incomplete_buckets", []):
         day = _iso_day(stamp)
         if day is not None:
             incomplete.add(day)
+    return per_day, incomplete
+
+
+def _reconciliation(document: Mapping[str, Any]) -> str:
+    """Metered vs billed per UTC day, from ``reconcile --json``."""
+    per_day, incomplete = _sums_per_day(document)
+    costs = document.get("costs_compared") is True
     first, last = _iso_day(document.get("since")), _iso_day(document.get("until"), end=True)
     if first is None or last is None or not first <= last:
         if not per_day:

@@ -28,6 +28,7 @@ from ..pricing import PriceTable, load_prices
 from . import html_report
 from .fleet_query import load_fleet_report
 from .usage_query import (
+    COUNT_COLUMNS,
     GROUPINGS,
     LedgerProblem,
     ReportRow,
@@ -169,14 +170,7 @@ def render_table(
     partial = any(r.unpriced_calls and r.cost is not None for r in (*rows, summed))
     header = [
         *(k.upper() for k in keys),
-        "CALLS",
-        "INPUT",
-        "CACHED",
-        "OUTPUT",
-        "REASONING",
-        "TOTAL TOKENS",
-        "ESTIMATED",
-        "FAILED",
+        *(heading.upper() for _, heading in COUNT_COLUMNS),
         f"COST ({prices.currency})",
     ]
 
@@ -186,17 +180,7 @@ def render_table(
             money += "*"
         elif partial:
             money += " "  # keep the digits aligned with the starred ones
-        numbers = (
-            row.calls,
-            row.input_tokens,
-            row.cached_input_tokens,
-            row.output_tokens,
-            row.reasoning_tokens,
-            row.total_tokens,
-            row.estimated_calls,
-            row.failed_calls,
-        )
-        return [*labels, *(f"{n:,}" for n in numbers), money]
+        return [*labels, *(f"{n:,}" for n in row.counts()), money]
 
     body = [
         cells(r, [_cut((r.customer if k == "customer" else r.model) or "") for k in keys])
@@ -264,14 +248,7 @@ def write_csv(rows: Sequence[ReportRow], by: str, prices: PriceTable, out: TextI
     writer.writerow(
         [
             *keys,
-            "calls",
-            "input_tokens",
-            "cached_input_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-            "total_tokens",
-            "estimated_calls",
-            "failed_calls",
+            *(name for name, _ in COUNT_COLUMNS),
             "estimated_cost",
             "currency",
             "unpriced_calls",
@@ -281,14 +258,7 @@ def write_csv(rows: Sequence[ReportRow], by: str, prices: PriceTable, out: TextI
         writer.writerow(
             [
                 *((r.customer if k == "customer" else r.model) for k in keys),
-                r.calls,
-                r.input_tokens,
-                r.cached_input_tokens,
-                r.output_tokens,
-                r.reasoning_tokens,
-                r.total_tokens,
-                r.estimated_calls,
-                r.failed_calls,
+                *r.counts(),
                 "" if r.cost is None else f"{r.cost:.8f}".rstrip("0").rstrip("."),
                 prices.currency,
                 r.unpriced_calls,

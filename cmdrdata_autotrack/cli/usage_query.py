@@ -22,6 +22,18 @@ GROUPINGS = ("customer,model", "customer", "model")
 DAY = 86400
 # Rows whose units may carry a non-token price (images, audio minutes, speech characters).
 _UNIT_KEYS = ("image_count", "audio_seconds", "input_characters")
+# The counted columns of every output (table, HTML, CSV, JSON), in this order: the
+# ReportRow field (the CSV and JSON name) and the heading of the text and HTML tables.
+COUNT_COLUMNS = (
+    ("calls", "Calls"),
+    ("input_tokens", "Input"),
+    ("cached_input_tokens", "Cached"),
+    ("output_tokens", "Output"),
+    ("reasoning_tokens", "Reasoning"),
+    ("total_tokens", "Total tokens"),
+    ("estimated_calls", "Estimated"),
+    ("failed_calls", "Failed"),
+)
 
 
 @dataclass
@@ -57,6 +69,10 @@ class ReportRow:
         self.unpriced_calls += other.unpriced_calls
         self.unpriced_models = tuple(sorted({*self.unpriced_models, *other.unpriced_models}))
 
+    def counts(self) -> tuple[int, ...]:
+        """The calls and tokens, in the order of :data:`COUNT_COLUMNS`."""
+        return tuple(getattr(self, name) for name, _ in COUNT_COLUMNS)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.day is not None:
@@ -65,15 +81,8 @@ class ReportRow:
             out["customer"] = self.customer
         if self.model is not None:
             out["model"] = self.model
+        out.update(zip((name for name, _ in COUNT_COLUMNS), self.counts(), strict=True))
         out.update(
-            calls=self.calls,
-            input_tokens=self.input_tokens,
-            cached_input_tokens=self.cached_input_tokens,
-            output_tokens=self.output_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            total_tokens=self.total_tokens,
-            estimated_calls=self.estimated_calls,
-            failed_calls=self.failed_calls,
             estimated_cost=None if self.cost is None else round(self.cost, 8),
             unpriced_calls=self.unpriced_calls,
             unpriced_models=list(self.unpriced_models),

@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,14 +141,9 @@ class Spool:
         if self._has_identity():
             return
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others see it done
-        try:
+        with self._transaction():  # one process migrates; the others see it done
             if not self._has_identity():
                 conn.execute("ALTER TABLE events ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _has_identity(self) -> bool:
         columns = self.conn.execute("PRAGMA table_info(events)").fetchall()
@@ -160,16 +156,23 @@ class Spool:
     def close(self) -> None:
         self.conn.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, committed at the end of the block, rolled back if it raises
+        (IMMEDIATE: the write lock is taken up front, never by upgrading a read lock)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def _write(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for sql, params in statements:
                 conn.execute(sql, params)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # --- in ---------------------------------------------------------------------------------
 
@@ -207,8 +210,7 @@ class Spool:
         items = [(event_id, body) for event_id, body, _ in events]
         added = dropped = 0
         rows: list[tuple[str, str, int, float, str, str | None, float]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             known = self._known([event_id for event_id, _ in items])
             fresh: dict[str, str] = {}
             for event_id, body in items:  # the first of an id repeated in one call wins
@@ -237,10 +239,6 @@ class Spool:
                 inserted += rows
             conn.executemany(_INSERT, rows)
             added = len(inserted)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if lease is None:
             return added, dropped, []
         return added, dropped, [Leased(row[0], row[1], 0, identity) for row in inserted]
@@ -292,8 +290,7 @@ class Spool:
         now = time.time()
         conn = self.conn
         where, params = _of(identities)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             rows = conn.execute(
                 "SELECT seq, event_id, body, attempts, identity FROM events "
                 f"WHERE next_attempt_at <= ? AND lease_until <= ? AND {where} "
@@ -308,10 +305,6 @@ class Spool:
                     "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
                     [(owner, until, row[0]) for row in rows],
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return [Leased(*row[1:]) for row in rows]
 
     def ack(self, event_ids: Sequence[str]) -> None:
@@ -347,14 +340,9 @@ class Spool:
 
     def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for sql, rows in statements:
                 conn.executemany(sql, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def reclaim(self, is_dead: Callable[[str], bool]) -> int:
         """Free the leases of owners that are gone (a process killed while sending)."""
@@ -444,8 +432,7 @@ class Spool:
             )
         )
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             rows = conn.execute(
                 "SELECT event_id, body, COALESCE(identity, '') FROM dead_letters "
                 f"LEFT JOIN dead_letter_identities USING (event_id) {where}",
@@ -460,10 +447,6 @@ class Spool:
                 )
                 conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
                 conn.execute("DELETE FROM dead_letter_identities WHERE event_id = ?", (event_id,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return len(rows)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
