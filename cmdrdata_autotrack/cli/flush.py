@@ -142,8 +142,12 @@ def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 handled = done()[1]
                 progress(out, handled, handled + waiting)
 
-        # the pipeline's own senders, concurrent and coalescing, with prompt retries
-        pipeline.drain(spool, deadline, show)
+        # the pipeline's own senders, concurrent and coalescing, with prompt retries; again
+        # while events keep arriving (another process was importing a journal meanwhile)
+        while pipeline.drain(spool, deadline, show):
+            stats = spool.stats(serves)
+            if stats.depth == 0 or time.monotonic() >= deadline:
+                break
         pipeline.shutdown(0)
         stats = spool.stats(serves)
         show(stats.depth)

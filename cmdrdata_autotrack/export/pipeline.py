@@ -69,6 +69,9 @@ logger = logging.getLogger("cmdrdata_autotrack.delivery")
 
 IMPORT_BATCH_WINDOW_S = 0.05  # gather events at least this long before closing a segment
 IDLE_WAIT_S = 1.0
+# A journal line, compact; built once (json.dumps with options makes an encoder per call).
+# Records are flat JSON made by the processor, never circular: no check needed.
+_JOURNAL_LINE = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
@@ -186,14 +189,14 @@ class Pipeline:
         """Accept one usage event or span record: journal it now, deliver it in the
         background. Never raises."""
         try:
-            line = json.dumps(event, separators=(",", ":")) + "\n"
+            line = _JOURNAL_LINE.encode(event) + "\n"
             if self.journal.append(line.encode()):
                 metrics.increment("events_accepted")
             else:
                 metrics.increment("events_dropped")
                 warn_once("journal-full", "cmdrdata: the usage journal is full; events dropped")
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             metrics.increment("events_dropped")
             error_once("journal-write", "cmdrdata: could not journal a usage event")
             return

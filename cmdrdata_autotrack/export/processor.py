@@ -53,7 +53,9 @@ class MeteringSpanProcessor(SpanProcessor):
             ours = scope is not None and scope.name == INSTRUMENTATION_SCOPE
             if not attributes or not (ours or METERED_MARK in attributes):
                 return
-            if makes_no_event(attributes):  # deferred work not finished: traces only
+            # One pass over the SDK's mapping (each lookup in it runs Python code).
+            plain = json_attributes(attributes)
+            if makes_no_event(plain):  # deferred work not finished: traces only
                 return
             metrics.increment("spans_metered")
             context = span.context
@@ -62,7 +64,7 @@ class MeteringSpanProcessor(SpanProcessor):
             # The span as it ended, compactly: the usage event is built from it off this thread.
             record = {
                 "v": 1,
-                "a": json_attributes(attributes),
+                "a": plain,
                 "t": context.trace_id,
                 "s": context.span_id,
                 "b": span.start_time or 0,
@@ -122,12 +124,19 @@ def _json_scalar(value: Any) -> Any:
     return str.__str__(text) if isinstance(text, str) else None
 
 
+_EXACT = frozenset(_SCALARS)
+
+
 def json_attributes(attributes: Any) -> dict[str, Any]:
     """The span's attributes as JSON values (string keys; scalars and lists of scalars)."""
     out: dict[str, Any] = {}
+    exact = _EXACT
     for key, value in attributes.items():
-        if isinstance(key, str):
-            out[str.__str__(key)] = _json_value(value)
+        if type(key) is not str:  # the common case costs a type check per attribute
+            if not isinstance(key, str):
+                continue
+            key = str.__str__(key)
+        out[key] = value if type(value) in exact else _json_value(value)
     return out
 
 

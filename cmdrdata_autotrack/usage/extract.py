@@ -57,20 +57,18 @@ class _Reader:
 
     def count(self, unit: str, obj: Any, name: str) -> None:
         """Unit ``unit`` from ``obj.name``, when present (an invalid count is malformed)."""
-        value = field(obj, name)
-        if value is None:
-            return
-        number = count(value)
-        if number is None:
-            self.bad = True
-        else:
-            self.values[unit] = number
+        self._read(unit, obj, name, count)
 
     def seconds(self, unit: str, obj: Any, name: str) -> None:
+        """Unit ``unit`` from ``obj.name`` in seconds, when present (invalid ones: malformed)."""
+        self._read(unit, obj, name, seconds)
+
+    def _read(self, unit: str, obj: Any, name: str, valid: Callable[[Any], float | None]) -> None:
+        """``obj.name`` as ``valid`` reads it, when present (``valid`` says ``None``: malformed)."""
         value = field(obj, name)
         if value is None:
             return
-        number = seconds(value)
+        number = valid(value)
         if number is None:
             self.bad = True
         else:

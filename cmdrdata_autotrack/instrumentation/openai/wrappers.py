@@ -141,12 +141,13 @@ class Runtime:
             A.OPENAI_API_TYPE: endpoint.api_type,
         }
         attrs.update(base)
-        attrs.update(parts.read("request", _no_attrs, lambda: _essentials(kwargs)))
-        attrs.update(
-            parts.read(
-                "request", _no_attrs, lambda: R.request_attributes(kwargs, endpoint.output_type)
-            )
+        failed = len(parts.dropped)
+        request = parts.read(  # the essentials (model, streaming) among them
+            "request", _no_attrs, lambda: R.request_attributes(kwargs, endpoint.output_type)
         )
+        if len(parts.dropped) > failed:  # odd parameters: read the essentials on their own
+            request = parts.read("request", _no_attrs, lambda: _essentials(kwargs))
+        attrs.update(request)
         attrs.update(parts.read("attribution", _no_attrs, attribution.to_attributes))
         if attribution.metadata_dropped:
             parts.dropped.append("metadata")
