@@ -1064,4 +1064,18 @@ def test_the_example_event_is_valid() -> None:
         (Path(__file__).resolve().parent.parent / "docs" / "usage-event.example.json").read_text()
     )
     assert validate(example, SCHEMA) == []
-    assert example["schema_version"] == "1.2"
+    assert example["schema_version"] == "1.3"
+
+
+def test_event_names_the_openai_key_by_its_last_four_characters_only(
+    fake: FakeOpenAI, recorder: Recorder
+) -> None:
+    key = "sk-proj-secretsecret-K3y9"
+    client = openai.OpenAI(base_url=fake.base_url, api_key=key, project="proj_abc", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    short = openai.OpenAI(base_url=fake.base_url, api_key="sk-short", max_retries=0)
+    short.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    first, second = recorder.events()
+    assert first["openai_key_suffix"] == "K3y9" and first["openai_project_id"] == "proj_abc"
+    assert second["openai_key_suffix"] is None and second["openai_project_id"] is None
+    assert "secret" not in json.dumps(first)

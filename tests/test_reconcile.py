@@ -136,7 +136,7 @@ def bill_chat(
 APP = """
 import openai, cmdrdata_autotrack
 client = openai.OpenAI(max_retries=0)
-with cmdrdata_autotrack.customer_context("acme", openai_key_suffix="wxyz"):
+with cmdrdata_autotrack.customer_context("acme"):  # its key, sk-test-wxyz, scopes it
     for _ in range(3):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     for _ in client.chat.completions.create(

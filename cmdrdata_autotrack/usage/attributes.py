@@ -36,6 +36,10 @@ INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
 SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 SERVER_ADDRESS = "server.address"
+# Which OpenAI key and project made the call, in the safe form OpenAI's admin API shows
+# (the key's last four characters): lets `reconcile` scope OpenAI's usage to the app's keys.
+OPENAI_KEY_SUFFIX = "cmdrdata.openai.key_suffix"
+OPENAI_PROJECT_ID = "cmdrdata.openai.project_id"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
 HTTP_STATUS_CODE = "http.response.status_code"

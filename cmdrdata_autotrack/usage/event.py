@@ -27,7 +27,7 @@ from .model import USAGE_PROBLEMS
 from .units import BY_ATTRIBUTE, MAX_ID, Unit
 from .work import event_id_override
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 USAGE_SOURCES = frozenset({"response", "estimate", "request", "none"})
 # Event ids are derived from the span's identity: the same span always gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
@@ -219,4 +219,7 @@ def build_event(
         if isinstance(over, list | tuple)
         else [],
         "blocked": a.get(BLOCKED_ATTRIBUTE) is True,
+        # --- added in schema 1.3 ------------------------------------------------------------
+        "openai_key_suffix": clean_text(a.get(A.OPENAI_KEY_SUFFIX), 4),
+        "openai_project_id": clean_text(a.get(A.OPENAI_PROJECT_ID), 128),
     }

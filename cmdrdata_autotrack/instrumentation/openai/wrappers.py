@@ -97,6 +97,7 @@ class Runtime:
         provider = provider_name(client, server.get(A.SERVER_ADDRESS))
         attrs: dict[str, Any] = {A.PROVIDER_NAME: provider, A.SYSTEM: provider}
         attrs.update(server)
+        attrs.update(key_attributes(client))
         with contextlib.suppress(TypeError):
             self._clients[client] = (base_url, attrs)
         return attrs
@@ -259,6 +260,20 @@ class _Parts:
                 self.method,
             )
             return empty()
+
+
+def key_attributes(client: Any) -> dict[str, str]:
+    """The client's OpenAI key as its last four characters, and its project, when known."""
+    attrs: dict[str, str] = {}
+    try:
+        key, project = getattr(client, "api_key", None), getattr(client, "project", None)
+    except Exception:
+        return attrs
+    if isinstance(key, str) and len(key) >= 12 and key.isprintable():
+        attrs[A.OPENAI_KEY_SUFFIX] = key[-4:]
+    if isinstance(project, str) and 0 < len(project) <= 128 and project.isprintable():
+        attrs[A.OPENAI_PROJECT_ID] = project
+    return attrs
 
 
 def _take_agent_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any, bool, Carried | None]:
