@@ -67,7 +67,7 @@ REFERENCE_CPU_US = {"otel-v2": 210.0, "openllmetry": 670.0, "cmdrdata-openai": 5
 
 CANDIDATE_LABELS = {
     "baseline": "baseline (no instrumentation)",
-    "agent": "cmdrdata-autotrack (default: one event per request)",
+    "agent": "cmdrdata-autotrack (default: coalesced delivery)",
     "agent-batch50": "cmdrdata-autotrack (CMDRDATA_BATCH_SIZE=50)",
     "agent-ledger": "cmdrdata-autotrack (no API key: local ledger)",
     "otel-v2": "opentelemetry-instrumentation-openai-v2 (official)",
