@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -225,8 +226,13 @@ def test_files_are_private_under_umask_000(
     )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        names = {p.name for p in assert_private(top)}  # while the app runs: -wal and -shm
-        assert {"spool.sqlite3", "spool.sqlite3-wal", "spool.sqlite3-shm"} <= names
+        # while the app runs: the sender holds the spool open, with its -wal and -shm
+        wanted = {"spool.sqlite3", "spool.sqlite3-wal", "spool.sqlite3-shm"}
+        deadline = time.monotonic() + 20
+        while not wanted <= {p.name for p in top.rglob("*")} and time.monotonic() < deadline:
+            time.sleep(0.05)  # the importer opens the spool after its linger: poll, bounded
+        names = {p.name for p in assert_private(top)}
+        assert wanted <= names
     finally:
         process.communicate(timeout=30)
     assert process.returncode == 0

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..config import Settings
@@ -116,6 +117,20 @@ def _print_others(spool: Spool, pipeline: Pipeline) -> None:
         )
 
 
+SETTLE_S = 1.0  # how long an empty spool is watched for events another importer adds
+
+
+def _arrive_within(spool: Spool, serves: Sequence[str], seconds: float) -> bool:
+    """Whether events of ``serves`` appear in the spool within ``seconds`` (polled)."""
+    until = time.monotonic() + seconds
+    while True:
+        if spool.stats(serves).depth:
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.05)
+
+
 def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
     out = sys.stderr
     serves = pipeline.serves  # this key and endpoint's events (and unknown ones), no others'
@@ -143,11 +158,12 @@ def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 progress(out, handled, handled + waiting)
 
         # the pipeline's own senders, concurrent and coalescing, with prompt retries; again
-        # while events keep arriving (another process was importing a journal meanwhile)
-        while pipeline.drain(spool, deadline, show):
-            stats = spool.stats(serves)
-            if stats.depth == 0 or time.monotonic() >= deadline:
-                break
+        # while events keep arriving: another process may hold a journal segment that it is
+        # importing into this spool right now, and its events land within an import round
+        while pipeline.drain(spool, deadline, show) and _arrive_within(
+            spool, serves, min(SETTLE_S, max(0.0, deadline - time.monotonic()))
+        ):
+            pass
         pipeline.shutdown(0)
         stats = spool.stats(serves)
         show(stats.depth)
