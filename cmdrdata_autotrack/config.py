@@ -187,8 +187,9 @@ SETTINGS: tuple[Setting, ...] = (
         "CMDRDATA_LEDGER_RETENTION",
         "float",
         "35",
-        "Days the fleet ledger keeps usage per hour, customer, model and unit (the events "
-        "themselves: 2 days).",
+        "Days the fleet ledger, and with an API key the local metered record "
+        "(`metered.sqlite3` in the spool folder), keep usage per hour, customer, model and "
+        "unit (the events themselves, or the metered record's minutes: 2 days).",
         minimum=1,
         maximum=3650,
     ),

@@ -432,9 +432,12 @@ def test_with_a_tracker_key_and_no_local_usage_it_says_why(
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # never reached
     monkeypatch.setenv("CMDRDATA_API_KEY", "tk-reconcile-test-0123456789")
     monkeypatch.setenv("CMDRDATA_LEDGER_PATH", str(tmp_path / "none.sqlite3"))
+    monkeypatch.setenv("CMDRDATA_SPOOL_DIR", str(tmp_path / "spool"))
     assert cli.main(["reconcile"]) == 2
     err = capsys.readouterr().err
-    assert "usage is delivered to cmdrdata" in err and "spool to keep it" in err
+    assert "usage is delivered to cmdrdata" in err
+    assert f"the metered record {tmp_path / 'spool' / 'metered.sqlite3'}" in err
+    assert "does not exist yet" in err  # (test_metered_store: reconciling what it keeps)
 
 
 def test_plain_http_to_another_host_is_refused(tmp_path: Path) -> None:

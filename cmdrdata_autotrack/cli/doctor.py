@@ -14,8 +14,8 @@ from typing import Any
 
 from .._version import __version__
 from ..config import Settings
+from ..export import fleet_ledger, metered_store, pending
 from ..export import identity as identities
-from ..export import pending
 from ..export.client import endpoints_problem, key_problem
 from ..export.spool import Spool
 from ..export.sqlite import DamagedDatabase, is_damage
@@ -122,6 +122,8 @@ def checks(settings: Settings, network: bool) -> list[Check]:
             found.append(Check("spool", FAIL, f"{damage}: {damage.advice}"))
     else:
         found.append(Check("spool", OK, f"empty (none yet at {where.spool_path})"))
+    if settings.api_key and not fleet_ledger.configured(settings)[0]:
+        found.append(_metered_check(where.spool_dir, where.spool_path, settings))
     waiting_work = pending.summary(where.journal_dir.parent)
     if waiting_work is not None:
         found.append(Check("deferred work", WARN if waiting_work[0] else OK, waiting_work[1]))
@@ -184,6 +186,58 @@ def _spool_checks(path: Path, own: identities.Identity) -> list[Check]:
     )
     found.append(Check("circuit breaker", OK if breaker == "closed" else WARN, breaker + when))
     return found
+
+
+def _metered_check(spool_dir: Path, spool_path: Path, settings: Settings) -> Check:
+    """The metered record: what report and reconcile read of the delivered usage."""
+    path = metered_store.metered_path(spool_dir)
+    retention = fleet_ledger.configured(settings)[1]
+    gap = _metered_gap(spool_path)
+    if gap is not None and gap.at < time.time() - retention * 86400:
+        gap = None  # long ago: what it missed is past the retention
+    missed = (
+        f"; {gap.events} delivered event(s) could not be recorded in it ({gap.reason}): "
+        "report and reconcile undercount them"
+        if gap is not None
+        else ""
+    )
+    if path.exists() and not path.is_file():
+        return Check("metered record", WARN, f"{path} is not a file{missed}")
+    if not path.is_file():
+        detail = f"none yet at {path} (written as usage is delivered)"
+        return Check("metered record", WARN if gap else OK, detail + missed)
+    store = metered_store.MeteredStore(path, retention_days=retention, read_only=True)
+    try:
+        extent = store.extent()
+    except sqlite3.Error as exc:
+        aside = path.with_name(path.name + ".damaged")
+        return Check(
+            "metered record",
+            WARN,
+            f"{path} cannot be read ({exc}); delivery is not affected, but report and "
+            f"reconcile cannot use it: move it aside (mv {path} {aside}){missed}",
+        )
+    finally:
+        store.close()
+    held = "no usage yet"
+    if extent is not None:
+        held = "usage per hour since " + time.strftime("%Y-%m-%d %H:00 UTC", time.gmtime(extent[0]))
+    detail = f"{path}: {held}, kept {retention:g} days"
+    return Check("metered record", WARN if gap else OK, detail + missed)
+
+
+def _metered_gap(spool_path: Path) -> metered_store.Gap | None:
+    """What the spool's state says the metered record missed (a write failed)."""
+    if not spool_path.is_file():
+        return None
+    try:
+        spool = Spool(spool_path)
+        try:
+            return metered_store.gap_in(spool.state())
+        finally:
+            spool.close()
+    except (DamagedDatabase, sqlite3.Error):
+        return None  # the spool check says so
 
 
 def run(args: argparse.Namespace) -> int:

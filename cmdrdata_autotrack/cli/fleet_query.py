@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..export.fleet_ledger import CALLS, FAILED_CALLS, FleetStore, Summary
+from ..export.fleet_ledger import CALLS, FAILED_CALLS, Summary, UsageSummaries
 from ..pricing import ModelPrice, PriceTable, cost
 from ..usage.units import BY_NAME
 from .usage_query import DAY, GROUPINGS, ReportRow, UsageReport, regroup
@@ -62,7 +62,7 @@ def _rows(summaries: Iterable[Summary], prices: PriceTable) -> list[ReportRow]:
 
 
 def load_fleet_report(
-    store: FleetStore,
+    store: UsageSummaries,  # the fleet ledger, or the metered record
     since: float | None,
     until: float | None,
     customer: str | None,

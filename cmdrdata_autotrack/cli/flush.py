@@ -136,7 +136,12 @@ def _deliver(pipeline: Pipeline, args: argparse.Namespace) -> int:
     serves = pipeline.serves  # this key and endpoint's events (and unknown ones), no others'
     timeout = clamp(args.timeout, 0.0, MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S)  # nan: the default
     spool = Spool(pipeline.spool_path)
-    store = ImportTargets(pipeline.spool_path, spool, fleet=pipeline.fleet_recorder())
+    store = ImportTargets(
+        pipeline.spool_path,
+        spool,
+        fleet=pipeline.fleet_recorder(),
+        metered=pipeline.metered_recorder(),
+    )
     try:
         pipeline.import_journal(store)
         spool.reclaim(owner_is_dead)  # leases of processes that died while sending

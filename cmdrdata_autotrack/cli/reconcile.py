@@ -14,16 +14,19 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from ..config import Settings
-from ..export import fleet_ledger
-from ..paths import ledger_path
+from ..export import fleet_ledger, metered_store
+from ..export.spool import Spool
+from ..paths import ledger_path, locations
 from ..pricing import load_prices
 from ..reconcile import metered, scope
 from ..reconcile.buckets import WIDTHS, Window
 from ..reconcile.compare import Coverage, compare
-from ..reconcile.fleet_source import FleetSource
+from ..reconcile.fleet_source import FleetSource, SummedSource
 from ..reconcile.metered import CallReader, LedgerSource, MeteredCall
+from ..reconcile.metered_source import MeteredRecordSource
 from ..reconcile.model import DIMENSION_ALIASES, ENDPOINTS, UNITS, UsageRecord
 from ..reconcile.render import Context, render_json, render_table, write_csv
 from ..reconcile.usage_api import (
@@ -199,15 +202,40 @@ def _error(message: str) -> int:
 
 
 def _read_calls(
-    source: LedgerSource | FleetSource, reader: CallReader, days: Window
+    source: LedgerSource | SummedSource, reader: CallReader, days: Window
 ) -> Iterator[MeteredCall]:
-    if isinstance(source, FleetSource):  # summed per bucket already
+    if isinstance(source, SummedSource):  # summed per bucket already
         yield from source.calls(reader, days.start, days.end)
         return
     for event in source.events(days.start, days.end):
         call = reader.read(event)
         if call is not None:
             yield call
+
+
+def _gap_notes(spool_path: Path, window: Window) -> list[str]:
+    """What the spool's state says the metered record missed in ``window`` (a write failed)."""
+    if not spool_path.is_file():
+        return []
+    try:
+        spool = Spool(spool_path)
+        try:
+            gap = metered_store.gap_in(spool.state())
+        finally:
+            spool.close()
+    except Exception:  # a damaged spool is doctor's to report: the comparison stands
+        return []
+    if gap is None or not gap.overlaps(window.start, window.end):
+        return []
+    return [
+        f"{gap.events:,} metered event(s) between {_utc(gap.first)} and {_utc(gap.last)} are "
+        f"missing from the metered record ({gap.reason}); they were delivered to cmdrdata, "
+        "but the coverage here leaves them out."
+    ]
+
+
+def _utc(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,10 +266,15 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"cannot use the prices file: {exc}")
 
     fleet_url, retention = fleet_ledger.configured(settings)
-    source: LedgerSource | FleetSource
+    where = locations(settings.spool_dir, settings.ledger_path)
+    record = metered_store.metered_path(where.spool_dir)
+    source: LedgerSource | SummedSource
     if fleet_url and not args.ledger:  # every process's usage, keyed or not
         store = fleet_ledger.FleetStore(fleet_url, retention_days=retention)
         source = FleetSource(store, resolution=window.width)
+    elif settings.api_key and not args.ledger and record.is_file():  # delivered usage
+        kept = metered_store.MeteredStore(record, retention_days=retention, read_only=True)
+        source = MeteredRecordSource(kept, resolution=window.width)
     else:
         source = LedgerSource(ledger_path(args.ledger or settings.ledger_path))
     notes: list[str] = []
@@ -254,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     except fleet_ledger.FleetUnavailable as exc:
         return _error(f"cannot read the fleet ledger ({exc})")
     finally:
-        if isinstance(source, FleetSource):
+        if isinstance(source, SummedSource):
             source.store.close()
     calls_count = sum(int(c.units.requests) for c in calls)
     if not calls:
@@ -262,13 +295,23 @@ def run(args: argparse.Namespace) -> int:
     if source.unreadable:
         notes.append(f"{source.unreadable:,} ledger row(s) could not be read and were skipped.")
     if settings.api_key and isinstance(source, LedgerSource):
+        if args.ledger:
+            why = f"with --ledger, the metered record {record} is not read"
+        else:
+            why = (
+                f"the metered record {record}, where the agent keeps the usage it delivers, "
+                "does not exist yet"
+            )
         if not calls:
             return _error(
                 "CMDRDATA_API_KEY is set, so usage is delivered to cmdrdata and the local ledger "
-                f"({source.path}) holds none for this range; reconciling delivered usage needs "
-                "the spool to keep it (not available yet)"
+                f"({source.path}) holds none for this range; {why}"
             )
-        notes.append("CMDRDATA_API_KEY is set: only the usage in the local ledger was compared.")
+        notes.append(
+            f"CMDRDATA_API_KEY is set: only the usage in the local ledger was compared ({why})."
+        )
+    if isinstance(source, MeteredRecordSource):
+        notes += _gap_notes(where.spool_path, window)
 
     group_by = list(dict.fromkeys(args.by))
     try:

@@ -1,7 +1,9 @@
-"""``cmdrdata-autotrack report``: usage and estimated cost per customer, from the local ledger.
+"""``cmdrdata-autotrack report``: usage and estimated cost per customer, from what was metered.
 
-Reads the SQLite ledger the agent writes when no cmdrdata API key is set (it
-never creates or changes it), sums calls and tokens per customer and model, and
+Reads the SQLite ledger the agent writes when no cmdrdata API key is set, or
+with a key the metered record of what was delivered (``metered.sqlite3`` in the
+spool folder), or the fleet ledger (``CMDRDATA_LEDGER_URL``); it never creates
+or changes them. Sums calls and tokens per customer and model, and
 prices them with :mod:`cmdrdata_autotrack.pricing` (OpenAI list prices: an
 estimate, not a bill). Output: an aligned table (default), JSON, CSV or an HTML
 page; every output reads the same rows (:mod:`.usage_query`).
@@ -14,6 +16,7 @@ import csv
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +25,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import Settings
-from ..export import fleet_ledger
-from ..paths import ledger_path
+from ..export import fleet_ledger, metered_store
+from ..paths import ledger_path, spool_dir
 from ..pricing import PriceTable, load_prices
 from . import html_report
 from .fleet_query import load_fleet_report
@@ -59,7 +62,9 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 DESCRIPTION = """\
 Usage and estimated cost per customer and model, from the local ledger
-(where usage goes when no CMDRDATA_API_KEY is set)."""
+(where usage goes when no CMDRDATA_API_KEY is set); with a key, from the
+metered record of what was delivered (metered.sqlite3 in the spool folder);
+with CMDRDATA_LEDGER_URL, from the fleet ledger."""
 EPILOG = """\
 times (--since, --until):
   ISO dates or date-times, UTC unless an offset is given: 2026-11-01, 2026-11-01T12:00,
@@ -273,7 +278,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register ``report`` (its handler is :func:`run`, also set as ``func``)."""
     parser = subparsers.add_parser(
         "report",
-        help="usage and estimated cost per customer and model, from the local ledger",
+        help="usage and estimated cost per customer and model, from what was metered",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -307,8 +312,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--ledger",
         metavar="PATH",
-        help="the ledger file (default: $CMDRDATA_LEDGER_PATH, else ledger.sqlite3 "
-        "in the user's data folder)",
+        help="read this ledger file, whatever the key or CMDRDATA_LEDGER_URL (default: "
+        "$CMDRDATA_LEDGER_PATH, else ledger.sqlite3 in the user's data folder)",
     )
     parser.add_argument(
         "--prices",
@@ -345,9 +350,16 @@ def run(args: argparse.Namespace) -> int:
     fleet_url, retention = fleet_ledger.configured(settings)
     if getattr(args, "ledger", None):  # a local ledger file named: it wins
         fleet_url = None
-    fleet = fleet_ledger.FleetStore(fleet_url, retention_days=retention) if fleet_url else None
+    # where the sums are read from (None: the local ledger): the fleet ledger, or with a
+    # key, the metered record of what was delivered
+    sums: fleet_ledger.UsageSummaries | None = None
+    record = metered_store.metered_path(spool_dir(settings.spool_dir))
+    if fleet_url:
+        sums = fleet_ledger.FleetStore(fleet_url, retention_days=retention)
+    elif settings.api_key and not getattr(args, "ledger", None) and record.is_file():
+        sums = metered_store.MeteredStore(record, retention_days=retention, read_only=True)
     local = ledger_path(getattr(args, "ledger", None) or settings.ledger_path)
-    path: Path | str = local if fleet is None else fleet.where
+    path: Path | str = local if sums is None else sums.where
     prices_file = getattr(args, "prices", None) or os.environ.get(PRICES_ENV, "").strip() or None
     try:
         prices = load_prices(prices_file)
@@ -367,9 +379,9 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"cannot use the reconciliation {reconcile_file}: {exc}")
 
     try:
-        if fleet is not None:  # every process's usage (CMDRDATA_LEDGER_URL)
+        if sums is not None:
             report = load_fleet_report(
-                fleet, since, until, customer, prices, per_day=bool(html_file)
+                sums, since, until, customer, prices, per_day=bool(html_file)
             )
         else:
             report = load_report(local, since, until, customer, prices, per_day=bool(html_file))
@@ -377,9 +389,11 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc))
     except fleet_ledger.FleetUnavailable as exc:
         return _error(f"cannot read the fleet ledger ({exc})")
+    except sqlite3.Error as exc:  # the metered record: locked, damaged, not a database
+        return _error(f"cannot read the metered record {path}: {exc}")
     finally:
-        if fleet is not None:
-            fleet.close()
+        if sums is not None:
+            sums.close()
     rows: list[ReportRow] | None = None if report is None else report.by(by)
 
     if html_file:
@@ -396,8 +410,12 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if rows is None:
         message = f"No usage has been recorded yet (ledger: {path})."
-        if settings.api_key and fleet is None:
-            message += " CMDRDATA_API_KEY is set, so usage is sent to cmdrdata instead."
+        if settings.api_key and sums is None:
+            message += " CMDRDATA_API_KEY is set, so usage is sent to cmdrdata instead" + (
+                " (with --ledger, the metered record is not read)."
+                if getattr(args, "ledger", None)
+                else f"; the metered record {record} that keeps it does not exist yet."
+            )
         if not (as_json or as_csv):
             print(message, file=out)
             return 0

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from ..usage.fields import count, seconds
@@ -332,6 +332,33 @@ def _number(value: Decimal | int | float) -> int | float:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
+
+
+class UsageSummaries(Protocol):
+    """A store of usage summed per group and time (the fleet ledger, the metered record):
+    what ``report`` and ``reconcile`` read."""
+
+    @property
+    def where(self) -> str:
+        """Where it is, for the output (never a password)."""
+        ...
+
+    def summaries(
+        self,
+        since: float | None,
+        until: float | None,
+        *,
+        width: int | None,
+        customer: str | None = None,
+    ) -> list[Summary]:
+        """Usage in ``[since, until)`` per group and ``width``-second bucket (``None``: one)."""
+        ...
+
+    def has_usage(self) -> bool:
+        """Whether any usage is recorded (in the retention)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -705,15 +732,24 @@ def _event_columns(items: list[_Item], identity: str, now: float) -> tuple[list[
     return columns
 
 
-def _hourly_columns(items: list[_Item]) -> tuple[list[Any], ...]:
-    """The new events summed per hour, group and unit: one row each, as columns."""
-    summed: dict[tuple[int, Group], dict[str, int | float]] = {}
-    for _, moment, event, _, group in items:
-        into = summed.setdefault((floor_to(moment, HOUR), group), {})
+def summed(
+    items: Iterable[tuple[float, Mapping[str, Any], Group]], width: int
+) -> dict[tuple[int, Group], dict[str, int | float]]:
+    """``(time, event, group)`` items summed per ``width``-second bucket and group: the
+    quantities of :func:`quantities_of` (what the fleet ledger and the metered record keep)."""
+    sums: dict[tuple[int, Group], dict[str, int | float]] = {}
+    for moment, event, group in items:
+        into = sums.setdefault((floor_to(moment, width), group), {})
         for unit, value in quantities_of(event).items():
             into[unit] = into.get(unit, 0) + value
+    return sums
+
+
+def _hourly_columns(items: list[_Item]) -> tuple[list[Any], ...]:
+    """The new events summed per hour, group and unit: one row each, as columns."""
+    hourly = summed(((moment, event, group) for _, moment, event, _, group in items), HOUR)
     columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
-    for (hour, group), quantities in summed.items():
+    for (hour, group), quantities in hourly.items():
         for unit, value in quantities.items():
             values = (
                 hour,

@@ -48,7 +48,7 @@ from .. import forksafe, paths, tunables
 from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
-from . import fleet_ledger, fleet_outbox
+from . import fleet_ledger, fleet_outbox, metered_store
 from . import identity as identities
 from . import ledger as ledger_db
 from .backoff import MAX_TIMEOUT_S, CircuitBreaker, backoff_delay, clamp
@@ -251,6 +251,12 @@ class Pipeline:
             self.fleet_url, self.spool_dir, retention_days=self.fleet_retention
         )
 
+    def metered_recorder(self) -> metered_store.MeteredRecorder | None:
+        """The importer's way into the metered record (``None`` with a fleet ledger instead)."""
+        if self.fleet_url:
+            return None
+        return metered_store.MeteredRecorder(self.spool_dir, retention_days=self.fleet_retention)
+
     def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
         """Run ``loop``; after an internal error, log it and start it again (with a pause)."""
 
@@ -304,7 +310,9 @@ class Pipeline:
 
     def open_store(self) -> ImportTargets:
         """Where the importer puts events: the spool, or a ledger (opened when first needed)."""
-        return ImportTargets(self.spool_path, fleet=self.fleet_recorder())
+        return ImportTargets(
+            self.spool_path, fleet=self.fleet_recorder(), metered=self.metered_recorder()
+        )
 
     def import_journal(self, store: ImportTargets | Spool | None = None) -> int:
         """Move every ready journal segment into the spool or a ledger, each by the identity
@@ -313,7 +321,10 @@ class Pipeline:
             targets = store
         else:  # a spool of the caller's (or none yet): ledgers open for this call only
             targets = ImportTargets(
-                store.path if store else self.spool_path, store, fleet=self.fleet_recorder()
+                store.path if store else self.spool_path,
+                store,
+                fleet=self.fleet_recorder(),
+                metered=self.metered_recorder(),
             )
         try:
             return self._import_into(targets)
@@ -383,6 +394,8 @@ class Pipeline:
         self.journal.reconcile()
         if targets.fleet is not None:  # what waited for the fleet ledger; pruning
             targets.fleet.tick()
+        if targets.metered is not None:  # pruning, after the pass (see metered_store)
+            targets.metered.tick()
         if targets.spooled > spooled_before and (
             not self._lingering or self._fresh >= self.batch_size
         ):
@@ -1014,9 +1027,11 @@ class ImportTargets:
         spool_path: Path,
         spool: Spool | None = None,
         fleet: fleet_outbox.FleetRecorder | None = None,
+        metered: metered_store.MeteredRecorder | None = None,
     ) -> None:
         self.spool_path = spool_path
         self.fleet = fleet  # with CMDRDATA_LEDGER_URL: the fleet ledger gets every event
+        self.metered = metered  # else keyed usage is summed in the metered record
         self._spool = spool
         self._borrowed = spool is not None  # the caller's: not closed here
         self._ledgers: dict[Path, sqlite3.Connection] = {}
@@ -1070,6 +1085,8 @@ class ImportTargets:
             self.spooled += added
             if self.fleet is not None:  # what was metered, for report and reconcile
                 _record_in_fleet(self.fleet, owner, events, max_bytes, policy)
+            elif self.metered is not None:  # the same, locally (never raises)
+                self.metered.record(events, self.spool())
             return added, dropped, leased
         except (sqlite3.DatabaseError, DamagedDatabase) as exc:
             if not is_damage(exc):
@@ -1096,6 +1113,8 @@ class ImportTargets:
     def close(self) -> None:
         if self.fleet is not None:
             self.fleet.close()
+        if self.metered is not None:
+            self.metered.close()
         if self._spool is not None and not self._borrowed:
             self._spool.close()
         for conn in self._ledgers.values():

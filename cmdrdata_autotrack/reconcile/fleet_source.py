@@ -15,27 +15,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..export.fleet_ledger import HOUR, REFUSED_CALLS, FleetStore, Summary
+from ..export.fleet_ledger import HOUR, REFUSED_CALLS, FleetStore, Summary, UsageSummaries
 from ..usage.units import BY_NAME
 from .metered import KEY_SUFFIX_FIELD, PROJECT_FIELD, CallReader, MeteredCall
 
 
-class FleetSource:
-    """The fleet ledger as a :class:`~.metered.MeteredSource`, read in ``resolution``-second
-    buckets (the reconciliation's bucket width)."""
+class SummedSource:
+    """Metered usage read from a store of sums (:class:`~..export.fleet_ledger.UsageSummaries`),
+    in ``resolution``-second buckets (the reconciliation's bucket width)."""
 
-    def __init__(self, store: FleetStore, resolution: int = HOUR) -> None:
+    def __init__(self, store: UsageSummaries, resolution: int = HOUR) -> None:
         self.store = store
         self.resolution = resolution
         self.unreadable = 0  # rows that could not be read (kept for LedgerSource's interface)
 
     def describe(self) -> str:
-        return f"the fleet ledger ({self.store.where})"
-
-    def events(self, since: float, until: float) -> Iterator[Mapping[str, Any]]:
-        """The events the raw window keeps in ``[since, until)`` (older usage is known per
-        hour only: read it with :meth:`calls`)."""
-        return self.store.events(since, until)
+        return self.store.where
 
     def calls(self, reader: CallReader, since: float, until: float) -> Iterator[MeteredCall]:
         """Every metered call in ``[since, until)``, summed per bucket and group."""
@@ -46,6 +41,22 @@ class FleetSource:
             call = reader.read(summary_event(summary))
             if call is not None:
                 yield replace(call, units=replace(call.units, requests=billed))
+
+
+class FleetSource(SummedSource):
+    """The fleet ledger as a :class:`~.metered.MeteredSource`."""
+
+    def __init__(self, store: FleetStore, resolution: int = HOUR) -> None:
+        super().__init__(store, resolution)
+        self.fleet = store
+
+    def describe(self) -> str:
+        return f"the fleet ledger ({self.store.where})"
+
+    def events(self, since: float, until: float) -> Iterator[Mapping[str, Any]]:
+        """The events the raw window keeps in ``[since, until)`` (older usage is known per
+        hour only: read it with :meth:`calls`)."""
+        return self.fleet.events(since, until)
 
 
 def summary_event(summary: Summary) -> dict[str, Any]:

@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "events_dead_lettered": "usage events refused for good by the events API",
     "events_dropped": "usage events dropped (journal or spool full)",
     "events_malformed": "unreadable journal lines skipped",
+    "metered_unrecorded": "delivered usage events the metered record could not take (flagged)",
     "pipeline_errors": "internal errors of the delivery threads",
     "limits_exceeded": "calls made while their customer was over a warn limit (flagged)",
     "limits_blocked": "calls refused before they were sent: their customer was over a block limit",
