@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from ..telemetry import metrics
 from ..telemetry.logging import error_once
 from ..telemetry.otel_metrics import AgentMetrics
+from ..tracing.meter_only import MeterOnlySpan
 from ..usage.attributes import (
     INSTRUMENTATION_SCOPE,
     METERED_MARK,
@@ -29,6 +30,7 @@ from ..usage.event import build_event
 from ..usage.work import makes_no_event
 
 EventSink = Callable[[dict[str, Any]], None]
+_METER_ONLY: type = MeterOnlySpan  # read like a ReadableSpan (see tracing.meter_only)
 
 
 class MeteringSpanProcessor(SpanProcessor):
@@ -53,8 +55,9 @@ class MeteringSpanProcessor(SpanProcessor):
             ours = scope is not None and scope.name == INSTRUMENTATION_SCOPE
             if not attributes or not (ours or METERED_MARK in attributes):
                 return
-            # One pass over the SDK's mapping (each lookup in it runs Python code).
-            plain = json_attributes(attributes)
+            # One pass over the SDK's mapping (each lookup in it runs Python code); a
+            # meter-only span holds exact JSON values already, and never changes once ended.
+            plain = attributes if type(span) is _METER_ONLY else json_attributes(attributes)
             if makes_no_event(plain):  # deferred work not finished: traces only
                 return
             metrics.increment("spans_metered")

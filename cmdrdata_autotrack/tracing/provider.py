@@ -6,7 +6,10 @@
   sampling. The app's exporters carry the GenAI spans with its other spans.
 * The app configured nothing: the agent builds its own provider from the
   standard ``OTEL_*`` variables. It is *not* installed as the global provider,
-  so an app that configures OpenTelemetry later is never refused.
+  so an app that configures OpenTelemetry later is never refused. When those
+  variables name no exporter either, nothing but metering would ever read the
+  agent's spans: they are meter-only spans (:mod:`.meter_only`), a fraction of
+  an SDK span's cost on the app's thread.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -25,11 +29,13 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
 )
 from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .._version import __version__
 from ..config import Settings
 from ..telemetry.logging import error_once, logger, warn_once
 from ..usage.attributes import INSTRUMENTATION_SCOPE
+from .meter_only import MeterOnlyTracer
 from .sampler import MeteringSampler
 
 _ATTACHED = "_cmdrdata_autotrack_attached"
@@ -79,6 +85,8 @@ class TracerSource:
         self._tracer: trace.Tracer | None = None
         self._own: TracerProvider | None = None
         self._explicit: object = None
+        self._held: object = None  # the own provider's processors, while spans are meter-only
+        self._active: Any = None  # the own provider's multi-processor (holds them)
 
     @property
     def own_provider(self) -> TracerProvider | None:
@@ -104,7 +112,10 @@ class TracerSource:
         provider = self._explicit or trace.get_tracer_provider()
         tracer = self._tracer
         if provider is self._seen and tracer is not None:
-            return tracer
+            held = self._held
+            if held is None or held is self._active._span_processors:
+                return tracer
+            # a processor was added to the agent's own provider: its spans must be SDK spans
         with self._lock:
             self._tracer = tracer = self._resolve(provider)
             self._seen = provider
@@ -126,6 +137,7 @@ class TracerSource:
         return trace.NoOpTracer()
 
     def _resolve(self, provider: object) -> trace.Tracer:
+        self._held = None
         if isinstance(provider, TracerProvider):
             try:
                 self._attach(provider)
@@ -156,7 +168,24 @@ class TracerSource:
     def _own_tracer(self) -> trace.Tracer:
         if self._own is None:
             self._own = self._build_own()
+        held = self._own_processors()
+        if isinstance(held, tuple) and held == tuple(self._processors):
+            self._held, self._active = held, self._own._active_span_processor
+            scope = InstrumentationScope(INSTRUMENTATION_SCOPE, __version__)
+            return MeterOnlyTracer(scope, held)
         return self._own.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+
+    def _own_processors(self) -> object:
+        """The span processors of the agent's own provider (the SDK replaces the tuple when
+        one is added, so an identity check sees any addition)."""
+        active = getattr(self._own, "_active_span_processor", None)
+        return getattr(active, "_span_processors", None)
+
+    @property
+    def meter_only(self) -> bool:
+        """Whether the agent's spans are read by its own processors alone (its own provider
+        is in use and holds nothing else: no exporter, no processor added since)."""
+        return isinstance(self._tracer, MeterOnlyTracer) and self._held is self._own_processors()
 
     def _build_own(self) -> TracerProvider:
         attributes = {}

@@ -21,13 +21,14 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Tracer
 
 from ... import limits
 from ...attribution.resolve import Attribution, resolve
 from ...config import Settings
 from ...telemetry import metrics
 from ...telemetry.logging import error_once, warn_once
+from ...tracing.meter_only import MeterOnlySpan, MeterOnlyTracer
 from ...tracing.provider import TracerSource
 from ...usage import attributes as A
 from ...usage.model import Usage
@@ -142,12 +143,16 @@ class Runtime:
             A.OPENAI_API_TYPE: endpoint.api_type,
         }
         attrs.update(base)
+        tracer = self.tracers.tracer()
         failed = len(parts.dropped)
-        request = parts.read(  # the essentials (model, streaming) among them
-            "request", _no_attrs, lambda: R.request_attributes(kwargs, endpoint.output_type)
-        )
-        if len(parts.dropped) > failed:  # odd parameters: read the essentials on their own
+        if isinstance(tracer, MeterOnlyTracer):  # no one reads the request's trace attributes
             request = parts.read("request", _no_attrs, lambda: _essentials(kwargs))
+        else:
+            request = parts.read(  # the essentials (model, streaming) among them
+                "request", _no_attrs, lambda: R.request_attributes(kwargs, endpoint.output_type)
+            )
+            if len(parts.dropped) > failed:  # odd parameters: read the essentials on their own
+                request = parts.read("request", _no_attrs, lambda: _essentials(kwargs))
         attrs.update(request)
         attrs.update(parts.read("attribution", _no_attrs, attribution.to_attributes))
         if attribution.metadata_dropped:
@@ -166,12 +171,13 @@ class Runtime:
         if parts.dropped:
             attrs[A.METERING_DEGRADED] = True
             attrs[A.METERING_DROPPED] = list(dict.fromkeys(parts.dropped))
-        span = self._start_span(endpoint, attrs, elapsed_ns)
+        span = self._start_span(endpoint, attrs, elapsed_ns, tracer)
         call = MeteredCall(span, endpoint, kwargs, request_usage, hide)
         call.attribution = attribution  # whose limits apply (limits.admit_call)
         if elapsed_ns:
             call.started -= elapsed_ns / 1e9
-        call.current = not suppressed and not direct  # another span stays the parent
+        # another span stays the parent; a meter-only span has no one to parent
+        call.current = not suppressed and not direct and not isinstance(span, MeterOnlySpan)
         return call
 
     def begin_degraded(
@@ -209,11 +215,17 @@ class Runtime:
             error_once("begin-degraded", "cmdrdata: could not meter a call, even minimally")
             return None
 
-    def _start_span(self, endpoint: Endpoint, attrs: dict[str, Any], elapsed_ns: int = 0) -> Any:
+    def _start_span(
+        self,
+        endpoint: Endpoint,
+        attrs: dict[str, Any],
+        elapsed_ns: int = 0,
+        tracer: Tracer | None = None,
+    ) -> Any:
         model = attrs.get(A.REQUEST_MODEL)
         name = f"{endpoint.operation} {model}" if model else endpoint.operation
         start = time.time_ns() - elapsed_ns if elapsed_ns else None
-        return self.tracers.tracer().start_span(
+        return (tracer or self.tracers.tracer()).start_span(
             name, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
         )
 
