@@ -14,6 +14,7 @@ from typing import Any
 
 from .estimate import estimate_audio_seconds
 from .fields import MAX_COUNT as MAX_COUNT
+from .fields import as_fields
 from .fields import count as count
 from .fields import field as field
 from .fields import seconds as seconds
@@ -33,7 +34,7 @@ _NOT_RECORDS = (str, bytes, bytearray, int, float, list, tuple, set, frozenset)
 
 def is_record(obj: Any) -> bool:
     """A JSON object or an SDK model, as opposed to a scalar or a list."""
-    return isinstance(obj, Mapping) or not isinstance(obj, _NOT_RECORDS)
+    return type(obj) is dict or isinstance(obj, Mapping) or not isinstance(obj, _NOT_RECORDS)
 
 
 class _Reader:
@@ -51,13 +52,25 @@ class _Reader:
             value = field(obj, name)
             if value is not None:
                 if is_record(value):
-                    return value
+                    return as_fields(value)
                 self.bad = True
         return None
 
     def count(self, unit: str, obj: Any, name: str) -> None:
         """Unit ``unit`` from ``obj.name``, when present (an invalid count is malformed)."""
         self._read(unit, obj, name, count)
+
+    def counts(self, obj: Any, pairs: tuple[tuple[str, str], ...]) -> None:
+        """``count`` for each (unit, field name) pair of ``obj``, inline for exact ints."""
+        values, get = self.values, (obj.get if type(obj) is dict else None)
+        for unit, name in pairs:
+            value = get(name) if get is not None else field(obj, name)
+            if value is None:
+                continue
+            if type(value) is int and 0 <= value <= MAX_COUNT:
+                values[unit] = value
+            else:
+                self._read(unit, obj, name, count)
 
     def seconds(self, unit: str, obj: Any, name: str) -> None:
         """Unit ``unit`` from ``obj.name`` in seconds, when present (invalid ones: malformed)."""
@@ -91,25 +104,38 @@ def usage_from_completion_tokens(usage: Any) -> Usage | None:
         return None
     if not is_record(usage):
         return _malformed()
+    usage = as_fields(usage)
     r = _Reader()
     prompt = r.part(usage, "prompt_tokens_details")
     completion = r.part(usage, "completion_tokens_details")
-    r.count("input_tokens", usage, "prompt_tokens")
-    r.count("output_tokens", usage, "completion_tokens")
-    r.count("total_tokens", usage, "total_tokens")
+    r.counts(usage, _CHAT_COUNTS)
     if prompt is not None:
-        r.count("cached_input_tokens", prompt, "cached_tokens")
-        r.count("cache_write_tokens", prompt, "cache_write_tokens")
-        r.count("input_audio_tokens", prompt, "audio_tokens")
-        r.count("input_text_tokens", prompt, "text_tokens")
-        r.count("input_image_tokens", prompt, "image_tokens")
+        r.counts(prompt, _CHAT_PROMPT_COUNTS)
     if completion is not None:
-        r.count("reasoning_tokens", completion, "reasoning_tokens")
-        r.count("output_audio_tokens", completion, "audio_tokens")
-        r.count("output_text_tokens", completion, "text_tokens")
-        r.count("accepted_prediction_tokens", completion, "accepted_prediction_tokens")
-        r.count("rejected_prediction_tokens", completion, "rejected_prediction_tokens")
+        r.counts(completion, _CHAT_COMPLETION_COUNTS)
     return r.finish("input_tokens", "output_tokens")
+
+
+# (unit, field) pairs: chat's usage object and its details
+_CHAT_COUNTS = (
+    ("input_tokens", "prompt_tokens"),
+    ("output_tokens", "completion_tokens"),
+    ("total_tokens", "total_tokens"),
+)
+_CHAT_PROMPT_COUNTS = (
+    ("cached_input_tokens", "cached_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
+    ("input_audio_tokens", "audio_tokens"),
+    ("input_text_tokens", "text_tokens"),
+    ("input_image_tokens", "image_tokens"),
+)
+_CHAT_COMPLETION_COUNTS = (
+    ("reasoning_tokens", "reasoning_tokens"),
+    ("output_audio_tokens", "audio_tokens"),
+    ("output_text_tokens", "text_tokens"),
+    ("accepted_prediction_tokens", "accepted_prediction_tokens"),
+    ("rejected_prediction_tokens", "rejected_prediction_tokens"),
+)
 
 
 def usage_from_io_tokens(usage: Any) -> Usage | None:
@@ -118,6 +144,7 @@ def usage_from_io_tokens(usage: Any) -> Usage | None:
         return None
     if not is_record(usage):
         return _malformed()
+    usage = as_fields(usage)
     r = _Reader()
     if field(usage, "type") == "duration":
         r.seconds("audio_seconds", usage, "seconds")
@@ -125,24 +152,36 @@ def usage_from_io_tokens(usage: Any) -> Usage | None:
     # Responses and images say input_tokens_details; transcriptions say input_token_details.
     inp = r.part(usage, "input_tokens_details", "input_token_details")
     out = r.part(usage, "output_tokens_details", "output_token_details")
-    r.count("input_tokens", usage, "input_tokens")
-    r.count("output_tokens", usage, "output_tokens")
-    r.count("total_tokens", usage, "total_tokens")
+    r.counts(usage, _IO_COUNTS)
     if inp is not None:
-        r.count("cached_input_tokens", inp, "cached_tokens")
-        r.count("input_text_tokens", inp, "text_tokens")
-        r.count("input_image_tokens", inp, "image_tokens")
-        r.count("input_audio_tokens", inp, "audio_tokens")
-        r.count("cache_write_tokens", inp, "cache_write_tokens")
+        r.counts(inp, _IO_INPUT_COUNTS)
         ttl = r.part(inp, "cache_write_tokens_details")
         if ttl is not None:
             r.count("cache_write_30m_tokens", ttl, "ttl_30m_tokens")
             r.count("cache_write_12h_tokens", ttl, "ttl_12h_tokens")
     if out is not None:
-        r.count("reasoning_tokens", out, "reasoning_tokens")
-        r.count("output_image_tokens", out, "image_tokens")
-        r.count("output_text_tokens", out, "text_tokens")
+        r.counts(out, _IO_OUTPUT_COUNTS)
     return r.finish("input_tokens", "output_tokens")
+
+
+# (unit, field) pairs: the usage object of responses (and the others) and its details
+_IO_COUNTS = (
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("total_tokens", "total_tokens"),
+)
+_IO_INPUT_COUNTS = (
+    ("cached_input_tokens", "cached_tokens"),
+    ("input_text_tokens", "text_tokens"),
+    ("input_image_tokens", "image_tokens"),
+    ("input_audio_tokens", "audio_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
+)
+_IO_OUTPUT_COUNTS = (
+    ("reasoning_tokens", "reasoning_tokens"),
+    ("output_image_tokens", "image_tokens"),
+    ("output_text_tokens", "text_tokens"),
+)
 
 
 def usage_from_embedding_tokens(usage: Any) -> Usage | None:
@@ -150,6 +189,7 @@ def usage_from_embedding_tokens(usage: Any) -> Usage | None:
         return None
     if not is_record(usage):
         return _malformed()
+    usage = as_fields(usage)
     r = _Reader()
     r.count("input_tokens", usage, "prompt_tokens")
     r.count("total_tokens", usage, "total_tokens")
