@@ -1,9 +1,17 @@
 """The journal: where a usage event is written the moment its call ends.
 
-Appending one line to a file this process owns costs a few microseconds, never
-waits for another process, and survives the process being killed (the bytes
-are in the operating system's page cache once ``write`` returns). A background
-thread then moves journal segments into the shared spool (or the ledger).
+Appending one line to a file this process owns costs a microsecond or two, never
+waits for another process, and survives the process being killed: the segment
+is a file mapped into memory (``MAP_SHARED``), so a line copied into it is in the
+operating system's page cache at once, as it would be after ``write``, without a
+system call per line (a ``write`` that grows a file also updates its inode in the
+filesystem's journal, which costs ten times the copy). Its space is reserved on
+disk beforehand (``posix_fallocate``), so a full disk refuses the segment, never a
+line (a write to a mapped page without space would kill the process); where that
+is not possible, segments are plain files appended with ``write``. A line's
+newline is copied last: a line cut short by a kill has none and is skipped. The
+background thread prepares the next segment ahead of time and moves closed
+journal segments into the shared spool (or the ledger).
 
 Each process writes its own segment file ``<pid>-<nanos>.jsonl`` and holds an
 exclusive ``flock`` on it while it is open, so a segment whose lock can be
@@ -19,7 +27,9 @@ it, whatever that importer's own settings. The folder is 0700 and segments are
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 import threading
 import time
@@ -37,6 +47,46 @@ except ImportError:  # pragma: no cover - Windows: fall back to process liveness
 
 SUFFIX = ".jsonl"
 HEADER_KEY = "cmdrdata_journal"  # a line with this key is a segment's header, not an event
+SEGMENT_BYTES = 1 << 20  # a mapped segment's reserved size; a longer line gets its own
+_MAPPABLE = hasattr(os, "posix_fallocate") and hasattr(mmap, "MAP_SHARED")
+
+
+class _Segment:
+    """One open segment of this process: locked, its header written, lines appended at ``pos``."""
+
+    __slots__ = ("capacity", "fd", "map", "path", "pos")
+
+    def __init__(self, fd: int, path: Path, pos: int, capacity: int, mapped: mmap.mmap | None):
+        self.fd, self.path, self.pos, self.capacity, self.map = fd, path, pos, capacity, mapped
+
+    def room(self, size: int) -> bool:
+        return self.map is None or self.pos + size <= self.capacity
+
+    def write(self, line: bytes) -> None:
+        mapped = self.map
+        if mapped is None:
+            os.write(self.fd, line)
+            self.pos += len(line)
+            return
+        end = self.pos + len(line)
+        mapped[self.pos : end - 1] = memoryview(line)[:-1]
+        mapped[end - 1] = line[-1]  # the newline last: a line cut short has none
+        self.pos = end
+
+    def close(self) -> None:
+        """Close it, cut to what it holds (so readers see no reserved space), lock released."""
+        try:
+            if self.map is not None:
+                self.map.close()
+                os.ftruncate(self.fd, self.pos)
+        finally:
+            os.close(self.fd)
+
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's segment without touching its file."""
+        if self.map is not None:
+            self.map.close()  # the child's mapping only; the parent's stays
+        os.close(self.fd)  # the parent's descriptor keeps the lock
 
 
 class Journal:
@@ -48,11 +98,12 @@ class Journal:
         fields = {HEADER_KEY: 1, **(header or {})}
         self._header = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
         self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._path: Path | None = None
+        self._segment: _Segment | None = None  # the one lines go to
+        self._spare: _Segment | None = None  # the next one, prepared off the app's thread
         self._written = 0  # bytes in this process's segments that are not imported yet
-        self._segment_bytes = 0  # of them, in the open segment
         self._closed: dict[Path, int] = {}  # this process's closed segments, with their size
+        self._paths: set[Path] = set()  # the open and the spare segment: never ready to import
+        self._writes = False  # this process has written lines (so it will write more)
         forksafe.register(self.after_fork_in_child)
 
     # --- the app's side: append ----------------------------------------------------------
@@ -60,18 +111,38 @@ class Journal:
     def append(self, line: bytes) -> bool:
         """Write one event line; ``False`` when it could not be written (journal full, disk)."""
         with self._lock:
-            if self._written + len(line) > self.max_bytes:
+            size = len(line)
+            if self._written + size > self.max_bytes:
                 return False
-            fd = self._fd if self._fd is not None else self._open()
-            os.write(fd, line)
-            self._written += len(line)
-            self._segment_bytes += len(line)
+            segment = self._segment
+            if segment is None or not segment.room(size):
+                segment = self._next_segment(size)
+                self._writes = True
+            segment.write(line)
+            self._written += size
             return True
 
-    def _open(self) -> int:
+    def _next_segment(self, size: int) -> _Segment:
+        """The segment for a line of ``size`` bytes: the spare, or a new one (lock held)."""
+        if self._segment is not None:  # full: it is ready to import
+            self._close_segment()
+        segment, self._spare = self._spare, None
+        if segment is None or not segment.room(size):
+            if segment is not None:
+                self._discard(segment)
+            segment = self._open(size)
+        self._segment = segment
+        return segment
+
+    def _open(self, size: int = 0) -> _Segment:
+        """A new segment, counted (lock held)."""
+        return self._track(self._create(size))
+
+    def _create(self, size: int = 0) -> _Segment:
+        """A new segment file: locked, its header written, its space reserved (no lock needed)."""
         make_private_dir(self.directory, tighten=True)
         path = self.directory / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -79,30 +150,78 @@ class Journal:
         except OSError:
             os.close(fd)
             raise
-        self._fd, self._path = fd, path
+        pos = len(self._header)
+        capacity = max(SEGMENT_BYTES, mmap.PAGESIZE * (1 + (pos + size) // mmap.PAGESIZE))
+        mapped = _map(fd, pos, capacity) if _MAPPABLE else None
+        return _Segment(fd, path, pos, capacity, mapped)
+
+    def _track(self, segment: _Segment) -> _Segment:
         self._written += len(self._header)
-        self._segment_bytes += len(self._header)
-        return fd
+        self._paths.add(segment.path)
+        return segment
+
+    def _close_segment(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return
+        try:
+            segment.close()
+        finally:
+            self._paths.discard(segment.path)
+            self._closed[segment.path] = segment.pos
+
+    def _discard(self, segment: _Segment) -> None:
+        """A spare that holds no event: removed, its header no longer counted."""
+        self._paths.discard(segment.path)
+        self._written = max(0, self._written - len(self._header))
+        try:
+            with contextlib.suppress(OSError):
+                segment.path.unlink()
+        finally:
+            segment.close()
+
+    def prepare(self) -> None:
+        """Open the next segment now (the importer's thread), so the app's thread finds one
+        ready: opening, locking and reserving a segment costs far more than a line. Only
+        while this process writes lines (an importer of others' segments needs none)."""
+        if self._spare is not None or not self._writes:
+            return
+        try:
+            segment = self._create()
+        except OSError:  # the app's thread tries again when it needs one
+            return
+        with self._lock:
+            if self._spare is None:
+                self._spare = self._track(segment)
+                return
+        segment.close()  # another thread prepared one meanwhile
+        with contextlib.suppress(OSError):
+            segment.path.unlink()
+
+    def discard_spare(self) -> None:
+        """At shutdown: the prepared segment holds no event; it is not left behind."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                self._discard(spare)
 
     def after_fork_in_child(self) -> None:
-        """In a forked child: the parent's segment is the parent's. Start afresh (the lock
+        """In a forked child: the parent's segments are the parent's. Start afresh (the lock
         too: a parent's thread may have held it)."""
         self._lock = threading.Lock()
-        if self._fd is not None:
-            os.close(self._fd)  # the parent's descriptor keeps its lock
-        self._fd, self._path, self._written, self._segment_bytes = None, None, 0, 0
-        self._closed = {}
+        for segment in (self._segment, self._spare):
+            if segment is not None:
+                segment.forget()
+        self._segment = self._spare = None
+        self._written, self._writes = 0, False
+        self._closed, self._paths = {}, set()
 
     # --- the background side: rotate and read ----------------------------------------------
 
     def rotate(self) -> None:
         """Close the current segment (releasing its lock) so it can be imported."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                if self._path is not None:
-                    self._closed[self._path] = self._segment_bytes
-                self._fd, self._path, self._segment_bytes = None, None, 0
+            self._close_segment()
 
     def ready_segments(self) -> Iterator[tuple[Path, int]]:
         """Segments nobody is writing, each with an open locked descriptor (caller closes)."""
@@ -111,7 +230,7 @@ class Journal:
         except FileNotFoundError:
             return
         for path in entries:
-            if path.suffix != SUFFIX or path == self._path:
+            if path.suffix != SUFFIX or path in self._paths:
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -179,8 +298,23 @@ def read_segment(fd: int) -> tuple[dict[str, Any] | None, list[bytes]]:
     return None, lines
 
 
+def _map(fd: int, used: int, capacity: int) -> mmap.mmap | None:
+    """The segment's file mapped for writing, its space reserved; ``None``: write to it.
+
+    ``used``: the bytes it holds (its header). Whatever fails leaves the file at that size,
+    so lines written after it follow the header directly.
+    """
+    try:
+        os.posix_fallocate(fd, 0, capacity)
+        return mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError):  # no space to reserve, or a filesystem that cannot map
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, used)
+        return None
+
+
 def read_lines(fd: int) -> list[bytes]:
-    """All complete lines of a segment (a torn last line is skipped)."""
+    """All complete lines of a segment (a torn last line, and reserved space, are skipped)."""
     chunks = []
     while True:
         chunk = os.read(fd, 1 << 20)

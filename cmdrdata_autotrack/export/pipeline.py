@@ -297,14 +297,18 @@ class Pipeline:
         try:
             while True:
                 self._wake_import.wait(IDLE_WAIT_S)
-                stopping = self._stop_import.is_set()
-                if not stopping:
+                if not self._stop_import.is_set():
                     self._stop_import.wait(self.import_window)
+                # a stop that came during the window: this pass is the last (not one idle
+                # wait later, which a short shutdown deadline may not leave)
+                stopping = self._stop_import.is_set()
                 self._wake_import.clear()
                 self.import_journal(store)
                 if stopping:
                     return
+                self.journal.prepare()  # the app's next line finds its segment open
         finally:
+            self.journal.discard_spare()
             self._let_go(store)
             store.close()
 

@@ -1,0 +1,162 @@
+"""The journal's segments: mapped files with reserved space, and what a reader finds in them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmdrdata_autotrack.export import journal as journal_module
+from cmdrdata_autotrack.export.journal import SEGMENT_BYTES, Journal, read_segment
+
+HEADER = {"identity": "test"}
+
+
+def line(n: int, size: int = 40) -> bytes:
+    body = f'{{"n":{n},"pad":"'.encode()
+    return body + b"x" * max(0, size - len(body) - 3) + b'"}\n'
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jsonl"))
+
+
+def read(path: Path) -> tuple[dict[str, object] | None, list[bytes]]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_segment(fd)
+    finally:
+        os.close(fd)
+
+
+def test_lines_are_readable_while_mapped_and_the_segment_is_cut_when_closed(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, 10**9, HEADER)
+    lines = [line(i) for i in range(50)]
+    for item in lines:
+        assert journal.append(item)
+    (path,) = segments(tmp_path)
+    assert path.stat().st_size == SEGMENT_BYTES  # reserved: a full disk refuses no line
+    header, found = read(path)  # what an importer reads if this process died now
+    assert header is not None and header["identity"] == "test"
+    assert found == [item.rstrip(b"\n") for item in lines]
+    journal.rotate()
+    assert path.stat().st_size == len(path.read_bytes().split(b"\n", 1)[0]) + 1 + sum(
+        map(len, lines)
+    )
+    assert b"\x00" not in path.read_bytes()
+    assert read(path)[1] == found
+
+
+def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
+    """A process killed while copying a line: its newline is copied last, so it has none."""
+    script = f"""
+import os, sys
+sys.path[:0] = {sys.path!r}
+from pathlib import Path
+from cmdrdata_autotrack.export.journal import Journal
+journal = Journal(Path({str(tmp_path)!r}), 10**9, {{"identity": "test"}})
+for i in range(3):
+    assert journal.append(b'{{"n":%d}}\\n' % i)
+segment = journal._segment
+half = b'{{"n":3,"half":'
+segment.map[segment.pos : segment.pos + len(half)] = half  # the kill comes mid-copy
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    (path,) = segments(tmp_path)
+    assert read(path)[1] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+
+def test_no_space_to_reserve_falls_back_to_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    journal = Journal(tmp_path, 10**9, HEADER)
+    lines = [line(i) for i in range(5)]
+    for item in lines:
+        assert journal.append(item)
+    (path,) = segments(tmp_path)
+    assert journal._segment is not None and journal._segment.map is None
+    data = path.read_bytes()
+    assert b"\x00" not in data and data.endswith(b"".join(lines))  # right after the header
+    assert read(path)[1] == [item.rstrip(b"\n") for item in lines]
+
+
+def test_full_segments_rotate_and_a_long_line_gets_a_segment_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 8192)
+    journal = Journal(tmp_path, 10**9, HEADER)
+    small = [line(i, 1000) for i in range(20)]
+    for item in small:
+        assert journal.append(item)
+    long = line(99, 50_000)
+    assert journal.append(long)
+    journal.rotate()
+    found = [entry for path in segments(tmp_path) for entry in read(path)[1]]
+    assert sorted(found) == sorted(item.rstrip(b"\n") for item in [*small, long])
+    assert len(segments(tmp_path)) >= 3
+    # every closed segment is ready to import, and holds exactly what it was given
+    ready = list(journal.ready_segments())
+    for _, fd in ready:
+        os.close(fd)
+    assert len(ready) == len(segments(tmp_path))
+
+
+def test_the_prepared_segment_is_used_next_and_never_left_behind(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, 10**9, HEADER)
+    journal.prepare()
+    assert segments(tmp_path) == []  # a process that has written nothing needs none
+    assert journal.append(line(0))
+    journal.rotate()
+    journal.prepare()
+    spare = journal._spare
+    assert spare is not None
+    ready = [path for path, fd in journal.ready_segments() if os.close(fd) is None]
+    assert spare.path not in ready  # locked, and this process's: never imported
+    assert journal.append(line(1))
+    assert journal._segment is not None and journal._segment.path == spare.path
+    journal.rotate()
+    journal.prepare()
+    before = journal.pending_bytes()
+    left = journal._spare
+    assert left is not None
+    journal.discard_spare()
+    assert not left.path.exists()
+    assert journal.pending_bytes() < before
+    assert sorted(entry for path in segments(tmp_path) for entry in read(path)[1]) == [
+        line(0).rstrip(b"\n"),
+        line(1).rstrip(b"\n"),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_never_writes_into_its_parents_mapped_segment(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, 10**9, HEADER)
+    assert journal.append(b'{"who":"parent","n":0}\n')
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:  # the journal's after-fork hook has run (os.register_at_fork)
+            ok = journal.append(b'{"who":"child","n":0}\n')
+            journal.rotate()
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 0
+    assert journal.append(b'{"who":"parent","n":1}\n')
+    journal.rotate()
+    by_segment = {path.name: read(path)[1] for path in segments(tmp_path)}
+    assert sorted(by_segment.values()) == [
+        [b'{"who":"child","n":0}'],
+        [b'{"who":"parent","n":0}', b'{"who":"parent","n":1}'],
+    ]
