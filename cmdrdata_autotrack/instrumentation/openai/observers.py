@@ -61,6 +61,7 @@ _CR_AS_LF = bytes.maketrans(b"\r", b"\n")
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 # How a read that ends exactly at an event boundary (an empty line) ends.
 _ENDS_AT_EVENT = (b"\n\n", b"\n\r\n", b"\r\r\n", b"\r\r", b"\n\r")
+_ENDS_AT_EVENT_LF = _ENDS_AT_EVENT[:3]  # ... with a line feed (no CRLF may straddle the next)
 _JSON_SPACE = b" \t\r\n"
 # A "usage" key with an object value. Between the tokens: JSON whitespace, or the line
 # break and `data:` of a data field spread over several lines.
@@ -183,6 +184,7 @@ class SSEObserver:
         "_cr",
         "_done",
         "_drop_lf",
+        "_fast",
         "_head",
         "_held",
         "_hidden_usage",
@@ -231,6 +233,7 @@ class SSEObserver:
         self._drop_lf = False  # ...and that CR ended a hidden event: such an LF is its own
         self._bom: bytes | None = b""  # the first bytes, while they may be a BOM; then None
         self._clean = True  # at an event start, nothing held: whole events may pass as they are
+        self._fast = False  # the next read may take feed's fast path (see there)
 
     @property
     def held_back(self) -> int:
@@ -239,6 +242,18 @@ class SSEObserver:
 
     def feed(self, chunk: bytes) -> bytes:
         """Observe ``chunk``; return the bytes to hand on (``chunk`` itself unless hiding)."""
+        if self._fast and (
+            not self.hide_usage_chunk
+            or (chunk.endswith(_ENDS_AT_EVENT_LF) and _EMPTY_ARRAY(chunk) is None)
+        ):
+            # The usual read, past the first event (and, while hiding, whole events, none of
+            # which can be a usage-only chunk: it needs an empty array). Kept for the end,
+            # handed on as it is.
+            self._tail.append(chunk)
+            self._tail_bytes += len(chunk)
+            if self._tail_bytes > self.TAIL_LIMIT:
+                self._trim_tail()
+            return chunk
         if self.failed:
             return chunk
         if not self.hide_usage_chunk:
@@ -246,6 +261,7 @@ class SSEObserver:
                 self._scan(chunk)
             except Exception:
                 self.failed = True
+            self._fast = self._head is None and not self.failed
             return chunk
         held, held_size, bom = self._held, len(self._held), self._bom
         try:
@@ -267,6 +283,16 @@ class SSEObserver:
             # event only ever grows in place; nothing of this chunk was handed on yet).
             self.failed, self._held, self._bom = True, bytearray(), None
             return (bom or b"") + bytes(held[:held_size]) + chunk
+        finally:
+            # The next read may take the fast path: nothing held, at an event's start, no CR
+            # that a leading LF would complete, the first event read.
+            self._fast = (
+                self._clean
+                and not self._cr
+                and self._bom is None
+                and self._head is None
+                and not self.failed
+            )
 
     def _frame(self, chunk: bytes) -> bytes:
         """Hand on ``chunk`` event by event, leaving out usage-only chunks."""
@@ -415,16 +441,20 @@ class SSEObserver:
         return True
 
     def _scan(self, data: bytes) -> None:
-        tail = self._tail
-        tail.append(data)
+        self._tail.append(data)
         self._tail_bytes += len(data)
+        if self._tail_bytes > self.TAIL_LIMIT:
+            self._trim_tail()
+        if self._head is not None:
+            self._read_head(data)
+
+    def _trim_tail(self) -> None:
+        tail = self._tail
         while self._tail_bytes > self.TAIL_LIMIT and len(tail) > 1:
             old = tail.popleft()
             self._tail_bytes -= len(old)
             self._truncated = True
             self.content_events += len(_DELTA.findall(old))
-        if self._head is not None:
-            self._read_head(data)
 
     def _read_head(self, data: bytes) -> None:
         """Find the first event with data (model, id) in the first bytes of the stream."""
