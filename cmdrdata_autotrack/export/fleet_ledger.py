@@ -279,11 +279,46 @@ def event_time(event: Mapping[str, Any], default: float) -> float:
     return default
 
 
+_GROUPS: dict[tuple[Any, ...], Group] = {}  # the events' raw group fields -> their group
+_MAX_GROUPS = 4096
+
+
 def group_of(event: Mapping[str, Any]) -> Group:
-    from ..reconcile.metered import KEY_SUFFIX_FIELD, PROJECT_FIELD, key_suffix
+    """The group an event's usage is summed in (cached: most events share a few groups).
+
+    Equal raw fields always make the same group (text is taken as it is, anything else
+    is none), so the cache is keyed by them as they are.
+    """
+    from ..reconcile.metered import KEY_SUFFIX_FIELD, PROJECT_FIELD
 
     units = event.get("units")
     units = units if isinstance(units, Mapping) else {}
+    raw = (
+        event.get("customer_id"),
+        event.get("model"),
+        event.get("operation"),
+        event.get("endpoint"),
+        event.get("service_tier"),
+        _named(event, KEY_SUFFIX_FIELD),
+        _named(event, PROJECT_FIELD),
+        event.get("usage_estimated") is True,
+        *(units.get(n) for n in _TEXT_UNITS),
+    )
+    try:
+        found = _GROUPS.get(raw)
+    except TypeError:  # an unhashable value: worked out each time
+        return _group_of(event, units)
+    if found is None:
+        found = _group_of(event, units)
+        if len(_GROUPS) >= _MAX_GROUPS:
+            _GROUPS.clear()
+        _GROUPS[raw] = found
+    return found
+
+
+def _group_of(event: Mapping[str, Any], units: Mapping[str, Any]) -> Group:
+    from ..reconcile.metered import KEY_SUFFIX_FIELD, PROJECT_FIELD, key_suffix
+
     descriptors = {n: t for n in _TEXT_UNITS if (t := _text(units.get(n), 256)) is not None}
     return Group(
         customer_id=_text(event.get("customer_id")) or "unattributed",
@@ -298,16 +333,28 @@ def group_of(event: Mapping[str, Any]) -> Group:
     )
 
 
+# The numeric units an event carries at its top level, and those under "units" (by name).
+_TOP_LEVEL = tuple((u.name, u.kind == "count") for u in NUMERIC if u.top_level)
+_NESTED = {u.name: u.kind == "count" for u in NUMERIC if not u.top_level}
+
+
 def quantities_of(event: Mapping[str, Any]) -> dict[str, int | float]:
     """The event's numeric units (zeros left out), and its call counters."""
     units = event.get("units")
-    units = units if isinstance(units, Mapping) else {}
     out: dict[str, int | float] = {CALLS: 1}
-    for unit in NUMERIC:
-        raw = event.get(unit.name) if unit.top_level else units.get(unit.name)
-        value = count(raw) if unit.kind == "count" else seconds(raw)
-        if value:
-            out[unit.name] = value
+    for name, counted in _TOP_LEVEL:
+        raw = event.get(name)
+        if raw:
+            value = count(raw) if counted else seconds(raw)
+            if value:
+                out[name] = value
+    if isinstance(units, Mapping):  # only the units it has: most calls report a few
+        for name, raw in units.items():
+            nested = _NESTED.get(name) if isinstance(name, str) else None
+            if nested is not None and raw:
+                value = count(raw) if nested else seconds(raw)
+                if value:
+                    out[name] = value
     request = event.get("request")
     if isinstance(request, Mapping) and request.get("success") is False:
         out[FAILED_CALLS] = 1
@@ -733,14 +780,24 @@ def _event_columns(items: list[_Item], identity: str, now: float) -> tuple[list[
 
 
 def summed(
-    items: Iterable[tuple[float, Mapping[str, Any], Group]], width: int
+    items: Iterable[tuple[float, Mapping[str, Any], Group]],
+    width: int,
+    known: dict[int, dict[str, int | float]] | None = None,
 ) -> dict[tuple[int, Group], dict[str, int | float]]:
     """``(time, event, group)`` items summed per ``width``-second bucket and group: the
-    quantities of :func:`quantities_of` (what the fleet ledger and the metered record keep)."""
+    quantities of :func:`quantities_of` (what the fleet ledger and the metered record keep).
+
+    ``known``: quantities already worked out, by ``id`` of the event (filled as it goes),
+    for a caller that sums the same events at two widths."""
     sums: dict[tuple[int, Group], dict[str, int | float]] = {}
     for moment, event, group in items:
         into = sums.setdefault((floor_to(moment, width), group), {})
-        for unit, value in quantities_of(event).items():
+        quantities = known.get(id(event)) if known is not None else None
+        if quantities is None:
+            quantities = quantities_of(event)
+            if known is not None:
+                known[id(event)] = quantities
+        for unit, value in quantities.items():
             into[unit] = into.get(unit, 0) + value
     return sums
 

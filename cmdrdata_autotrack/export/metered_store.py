@@ -283,9 +283,10 @@ class MeteredStore:
             items = [(fresh[i][0], fresh[i][1], group_of(fresh[i][1])) for i in new]
             horizon = _meta(conn, "minute_horizon", _T_MIN)
             refs = _group_refs(conn, {group for _, _, group in items})
-            self._add(conn, "usage_hourly", summed(items, HOUR), refs)
+            worked_out: dict[int, dict[str, int | float]] = {}  # each event's quantities, once
+            self._add(conn, "usage_hourly", summed(items, HOUR, worked_out), refs)
             recent = [item for item in items if item[0] >= horizon]  # older: per hour only
-            self._add(conn, "usage_minutely", summed(recent, MINUTE), refs)
+            self._add(conn, "usage_minutely", summed(recent, MINUTE, worked_out), refs)
         return len(new)
 
     def _add(

@@ -39,6 +39,8 @@ MAX_METADATA_VALUE = 1024
 
 def clean_text(value: Any, limit: int = MAX_STRING) -> str | None:
     """A printable, bounded string, or ``None``."""
+    if type(value) is str and value.isprintable():  # the usual case: as it is
+        return value[:limit] or None
     if value is None:
         return None
     try:
