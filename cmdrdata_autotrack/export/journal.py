@@ -73,6 +73,18 @@ class _Segment:
         mapped[end - 1] = line[-1]  # the newline last: a line cut short has none
         self.pos = end
 
+    def touch(self, size: int) -> None:
+        """Fault in the pages of its first ``size`` bytes, past what it holds (writing zeros
+        where zeros are: nothing a reader sees changes)."""
+        mapped = self.map
+        if mapped is None:
+            return
+        page = mmap.PAGESIZE
+        if self.pos < self.capacity:
+            mapped[self.pos] = 0  # the page the next line starts in
+        for offset in range((self.pos // page + 1) * page, min(size, self.capacity), page):
+            mapped[offset] = 0
+
     def close(self) -> None:
         """Close it, cut to what it holds (so readers see no reserved space), lock released."""
         try:
@@ -104,6 +116,7 @@ class Journal:
         self._closed: dict[Path, int] = {}  # this process's closed segments, with their size
         self._paths: set[Path] = set()  # the open and the spare segment: never ready to import
         self._writes = False  # this process has written lines (so it will write more)
+        self._last_size = 0  # bytes the last closed segment held (how much the next may take)
         forksafe.register(self.after_fork_in_child)
 
     # --- the app's side: append ----------------------------------------------------------
@@ -169,6 +182,7 @@ class Journal:
         finally:
             self._paths.discard(segment.path)
             self._closed[segment.path] = segment.pos
+            self._last_size = segment.pos
 
     def _discard(self, segment: _Segment) -> None:
         """A spare that holds no event: removed, its header no longer counted."""
@@ -188,6 +202,11 @@ class Journal:
             return
         try:
             segment = self._create()
+            # Touch the pages the app is likely to fill (twice what the last segment took):
+            # a first write to a page of a mapped file faults, which costs the app's thread
+            # far more than the copy. Pages past what is filled are cut off at rotation,
+            # before the kernel would write them.
+            segment.touch(min(segment.capacity, max(4 * mmap.PAGESIZE, 2 * self._last_size)))
         except OSError:  # the app's thread tries again when it needs one
             return
         with self._lock:
