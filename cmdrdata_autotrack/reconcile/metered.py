@@ -1,9 +1,10 @@
 """What the agent metered: usage events from a source, read as calls in OpenAI's terms.
 
 A *source* yields the usage events (``docs/usage-event.schema.json``) whose
-time falls in a range. Today that is the local ledger (where usage goes when no
-``CMDRDATA_API_KEY`` is set); with a key, a source reading the delivered events
-the spool keeps for a retention window can stand in, with the same interface.
+time falls in a range: the local ledger (where usage goes when no
+``CMDRDATA_API_KEY`` is set). With a key, the metered record's hourly sums
+(:mod:`.metered_source`) stand in; with ``CMDRDATA_LEDGER_URL``, the fleet
+ledger's (:mod:`.fleet_source`).
 
 Which OpenAI key made a call is read from the event's ``openai_key_suffix``
 (the key's last four characters, the way OpenAI's admin API shows a redacted
