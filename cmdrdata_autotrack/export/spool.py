@@ -300,10 +300,12 @@ class Spool:
             if max_bytes is not None:
                 rows = _within(rows, max_bytes)
             if rows:
-                until = now + lease_s
-                conn.executemany(
-                    "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                    [(owner, until, row[0]) for row in rows],
+                # One statement for them all: the rows taken are the first due ones by seq, so
+                # the due rows up to the last one taken are exactly those (same transaction).
+                conn.execute(
+                    "UPDATE events SET lease_owner = ?, lease_until = ? "
+                    f"WHERE seq <= ? AND next_attempt_at <= ? AND lease_until <= ? AND {where}",
+                    (owner, now + lease_s, rows[-1][0], now, now, *params),
                 )
         return [Leased(*row[1:]) for row in rows]
 
