@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,30 @@ class Spans:
     def attrs(self) -> dict[str, Any]:
         return dict(self.one().attributes or {})
 
+    @staticmethod
+    def metered_since(start_ns: int) -> list[ReadableSpan]:
+        """Metered spans recorded in this process that started at or after ``start_ns``."""
+        return [
+            s
+            for s in list(RECORDED.spans)
+            if s.attributes
+            and "cmdrdata.metered" in s.attributes
+            and (s.start_time or 0) >= start_ns
+        ]
+
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[FakeOpenAI]:
+def _fake_openai() -> Iterator[FakeOpenAI]:
     fake = start_server()
     try:
         yield fake
     finally:
         fake.stop()
+
+
+@pytest.fixture(scope="session")
+def server(_fake_openai: FakeOpenAI) -> FakeOpenAI:
+    return _fake_openai  # (a module may name its own server so; the guard below needs this one)
 
 
 @pytest.fixture
@@ -161,6 +178,69 @@ def aclient(fake: FakeOpenAI) -> Any:
     import openai
 
     return openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test-key", max_retries=0)
+
+
+# --- tests that need not run under every SDK major -------------------------------------------
+# tests/run.sh runs the suite under the newest openai 1.x, 2.x and 3.x. A test that never drives
+# the SDK (its module's ``pytestmark = pytest.mark.sdk_independent``, or its own mark) proves the
+# same under each, so the first two runs skip it (``--skip-sdk-independent``); the last runs it.
+# ``@pytest.mark.drives_sdk`` takes a test of such a module back into every run. Unmarked tests
+# run under every SDK.
+
+
+def runs_once(item: pytest.Item) -> bool:
+    """True when the test is marked sdk_independent (itself or its module), not drives_sdk."""
+    return item.get_closest_marker("sdk_independent") is not None and (
+        item.get_closest_marker("drives_sdk") is None
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-sdk-independent",
+        action="store_true",
+        help="deselect the sdk_independent tests (tests/run.sh runs them under the newest SDK only)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--skip-sdk-independent"):
+        return
+    once = [item for item in items if runs_once(item)]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not runs_once(item)]
+
+
+def _made_by_the_sdk(headers: dict[str, str]) -> bool:
+    # (the fake also plays the events API for delivery tests: those requests are not the SDK's)
+    return "x-stainless-lang" in headers or headers.get("user-agent", "").startswith("OpenAI/")
+
+
+@pytest.fixture(autouse=True)
+def _sdk_independent_means_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that runs under one SDK only must not drive it: no SDK client fixture, no metered
+    call in this process, no SDK request to the fake OpenAI API (from here or a subprocess)."""
+    if not runs_once(request.node):
+        yield
+        return
+    hint = "mark it @pytest.mark.drives_sdk so that it runs under every SDK major"
+    clients = {"client", "aclient"} & set(request.fixturenames)
+    if clients:
+        pytest.fail(f"sdk_independent test uses {sorted(clients)}: {hint}", pytrace=False)
+    fake: FakeOpenAI = request.getfixturevalue("_fake_openai")
+    before = list(fake.requests)  # held, so that no new request can reuse an id
+    seen = {id(r) for r in before}
+    started = time.time_ns()
+    yield
+    calls = [r.path for r in fake.requests if id(r) not in seen and _made_by_the_sdk(r.headers)]
+    metered = [s.name for s in Spans.metered_since(started)]
+    if calls or metered:
+        pytest.fail(
+            f"sdk_independent test drove the SDK (requests {calls[:3]}, metered spans "
+            f"{metered[:3]}): {hint}",
+            pytrace=False,
+        )
 
 
 def system_tool(name: str, *alternatives: str) -> str | None:

@@ -2,7 +2,8 @@
 # The project's test command (the README's, and CI's through .ci/run):
 # lint and type-check the package, build the docs, then run the suite against
 # the newest openai 1.x, 2.x and 3.x, each in its own virtualenv under
-# .venv-test/ (the newest with line and branch coverage, and its floor).
+# .venv-test/: under 1.x and 2.x the tests that drive the SDK, side by side;
+# under 3.x all of them, with line and branch coverage and its floor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,21 +57,67 @@ if [ -f mkdocs.yml ]; then
   "$first/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
 fi
 
+# Which test runs under which SDK (see "tests that need not run under every SDK major" in
+# tests/conftest.py):
+# - every test runs under the newest openai 1.x, 2.x and 3.x, unless it is marked otherwise: a
+#   new test is run under all three;
+# - a test marked sdk_independent (by its module's `pytestmark`, or by itself) never drives the
+#   SDK, in this process or in an app it starts (delivery, spool, journal, settings, reconcile
+#   against the fake admin API, the ledgers on SQLite and PostgreSQL, the HTML report, the
+#   ingest server, the SSE reference parser...). It proves the same under each SDK, so it runs
+#   once: the older SDKs' runs skip it (--skip-sdk-independent), the newest's runs the whole
+#   suite, with coverage, as before. `@pytest.mark.drives_sdk` takes one test of such a module
+#   back into every run, and conftest fails an sdk_independent test that uses an SDK client
+#   fixture, meters a call or sends the fake OpenAI API an SDK request.
+# The older SDKs' runs go side by side: they wait on subprocesses and servers more than they
+# compute, so on 2 CPUs both take about 1.5 times one. They share nothing: each has its own
+# temp folder (--basetemp) and state folder (conftest), every server takes a free port.
+# CMDRDATA_TEST_PARALLEL=0 runs them one after the other.
+PARALLEL=${CMDRDATA_TEST_PARALLEL:-1}
 # The coverage floor only rises (see CHANGELOG); subprocesses are measured too.
 COVERAGE_FLOOR=90
 last=$(echo $SDK_RANGES | awk '{print $NF}')
+work=$(mktemp -d)  # the older SDKs' temp folders and logs
+trap 'rm -rf "$work"' EXIT
 
+venv_of() { echo "$VENVS/openai$(echo "$1" | sed -E 's/^>=([0-9]+).*/\1/')"; }
+version_in() { "$1/bin/python" -c "import openai; print(openai.__version__)"; }
+
+# The tests that drive the SDK, under an older SDK ($1: its range). With $2 = exec, pytest
+# replaces the shell: a background job's shell ignores Ctrl-C and would pass that on to pytest.
+sdk_tests() {
+  local venv run=${2:-}
+  venv=$(venv_of "$1")
+  echo "== tests with openai $(version_in "$venv") (those that drive the SDK)"
+  $run "$venv/bin/python" -m pytest -q tests --skip-sdk-independent \
+    --basetemp "$work/$(basename "$venv")"
+}
+
+pids=""
 for range in $SDK_RANGES; do
-  major=$(echo "$range" | sed -E 's/^>=([0-9]+).*/\1/')
-  venv="$VENVS/openai$major"
-  version=$("$venv/bin/python" -c "import openai; print(openai.__version__)")
-  echo "== tests with openai $version"
-  if [ "$range" = "$last" ]; then
-    rm -f .coverage .coverage.*
-    "$venv/bin/python" -m pytest -q tests --cov --cov-report=term \
-      --cov-fail-under="$COVERAGE_FLOOR" || status=$?
+  [ "$range" != "$last" ] || continue
+  if [ "$PARALLEL" = 1 ]; then
+    # (Ctrl-C restored: an interrupted pytest cleans up as usual)
+    (trap - INT; sdk_tests "$range" exec) >"$work/$(basename "$(venv_of "$range")").log" 2>&1 &
+    pids="$pids $!"
   else
-    "$venv/bin/python" -m pytest -q tests || status=$?
+    sdk_tests "$range" || status=$?
   fi
 done
+if [ -n "$pids" ]; then
+  echo "== tests under the older SDKs, side by side (their output follows when they end)"
+  for pid in $pids; do
+    wait "$pid" || status=$?
+  done
+  for range in $SDK_RANGES; do
+    [ "$range" = "$last" ] || cat "$work/$(basename "$(venv_of "$range")").log"
+  done
+fi
+
+# The whole suite under the newest SDK, with coverage.
+venv=$(venv_of "$last")
+echo "== tests with openai $(version_in "$venv") (all of them, with coverage)"
+rm -f .coverage .coverage.*
+"$venv/bin/python" -m pytest -q tests --cov --cov-report=term \
+  --cov-fail-under="$COVERAGE_FLOOR" || status=$?
 exit $status

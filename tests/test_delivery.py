@@ -29,6 +29,9 @@ from cmdrdata_autotrack.usage.event import build_event
 
 from ingest_server import IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 KEY = "tk-test-0123456789abcdef"
 
 

@@ -255,6 +255,7 @@ def test_workers_sharing_one_spool_send_each_event_once(
     assert ingest.duplicates() == 0
 
 
+@pytest.mark.sdk_independent
 def test_a_fork_while_the_sender_waits_for_the_api_gives_the_child_its_own_pipeline(
     tmp_path: Path, env: dict[str, str], ingest: IngestServer
 ) -> None:

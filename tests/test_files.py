@@ -299,6 +299,7 @@ def damage(path: Path, how: str) -> None:
             file.truncate(path.stat().st_size // 2)
 
 
+@pytest.mark.sdk_independent
 @pytest.mark.parametrize("how", ["garbage", "truncated"])
 def test_doctor_and_flush_report_a_damaged_spool_in_one_line(
     how: str, fake: FakeOpenAI, tmp_path: Path, ingest: IngestServer
@@ -343,6 +344,7 @@ def test_an_app_with_a_damaged_spool_keeps_its_usage_in_the_journal(
     assert len(ingest.accepted_ids()) == 3
 
 
+@pytest.mark.sdk_independent
 def test_a_damaged_ledger_keeps_keyless_usage_in_the_journal(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     damage(ledger, "garbage")

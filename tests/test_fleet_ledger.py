@@ -46,6 +46,9 @@ from fake_openai_admin import FakeOpenAIAdmin
 from ingest_server import IngestServer
 from pg_server import INSTALL, PostgresServer, find_bindir, required
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 BIN = Path(sys.executable).parent
 DAY = 86400
 MINI = "gpt-4o-mini-2024-07-18"
@@ -679,6 +682,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.drives_sdk
 def test_two_machines_record_every_event_exactly_once(
     fake: FakeOpenAI, url: str, tmp_path: Path
 ) -> None:
@@ -731,6 +735,7 @@ def test_two_machines_record_every_event_exactly_once(
     assert snapshot(url) == before
 
 
+@pytest.mark.drives_sdk
 def test_keyed_usage_is_delivered_and_recorded_in_the_fleet_ledger(
     fake: FakeOpenAI, url: str, tmp_path: Path
 ) -> None:
@@ -753,6 +758,7 @@ def test_keyed_usage_is_delivered_and_recorded_in_the_fleet_ledger(
     assert all(identity.startswith("k-") for _, identity in rows)  # metered under the key
 
 
+@pytest.mark.drives_sdk
 def test_with_the_ledger_down_usage_waits_and_arrives_once_when_it_is_back(
     fake: FakeOpenAI, pg: PostgresServer, url: str, tmp_path: Path
 ) -> None:

@@ -27,6 +27,9 @@ from cmdrdata_autotrack.export.spool import Spool
 from fake_openai import FakeOpenAI
 from ingest_server import IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 BIN = Path(sys.executable).parent
 RUN = str(BIN / "cmdrdata-run")
 CLI = str(BIN / "cmdrdata-autotrack")
@@ -105,6 +108,7 @@ def ledger_rows(path: Path) -> int:
         conn.close()
 
 
+@pytest.mark.drives_sdk
 def test_apps_with_different_keys_on_one_spool_each_deliver_only_their_own(
     fake: FakeOpenAI, tmp_path: Path, ingest_a: IngestServer, ingest_b: IngestServer
 ) -> None:
@@ -176,6 +180,7 @@ def test_a_keyless_flush_leaves_keyed_usage_for_its_own_sender(
     assert ingest_a.accepted_ids() == set(ids)
 
 
+@pytest.mark.drives_sdk
 def test_a_keyed_process_never_delivers_keyless_usage(
     fake: FakeOpenAI, tmp_path: Path, ingest_a: IngestServer
 ) -> None:

@@ -14,6 +14,9 @@ import requests
 
 from ingest_server import IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 API_KEY = "cd-test-key"
 
 

@@ -16,6 +16,9 @@ from cmdrdata_autotrack.export.backoff import CircuitBreaker, backoff_delay, ret
 from cmdrdata_autotrack.import_hook import when_imported
 from cmdrdata_autotrack.telemetry import logging as agent_logging
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 
 @pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
 def test_paths_per_platform(platform: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

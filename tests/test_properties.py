@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,9 @@ from cmdrdata_autotrack.attribution.resolve import clean_metadata
 from cmdrdata_autotrack.instrumentation.openai.observers import BodyObserver, SSEObserver
 from cmdrdata_autotrack.usage import extract
 from cmdrdata_autotrack.usage.event import build_event
+
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -103,6 +107,7 @@ def test_extractors_never_crash_on_json(response: dict[str, Any]) -> None:
         extract.extract_stream_event(family, response)
 
 
+@pytest.mark.drives_sdk
 @SETTINGS
 @given(st.builds(dict, usage=usage_like), st.integers(min_value=0, max_value=5))
 def test_extractors_never_crash_on_sdk_objects(payload: dict[str, Any], choices: int) -> None:

@@ -33,6 +33,9 @@ from cmdrdata_autotrack.reconcile.usage_api import AdminAPI, AdminAPIError, Proj
 from fake_openai import FakeOpenAI
 from fake_openai_admin import ADMIN_KEY, FakeOpenAIAdmin
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "cmdrdata-autotrack")
 DAY, HOUR = 86400, 3600
@@ -150,6 +153,7 @@ print("done")
 """
 
 
+@pytest.mark.drives_sdk
 def test_real_metered_calls_reconcile_to_full_coverage(
     fake: FakeOpenAI, admin: FakeOpenAIAdmin, tmp_path: Path
 ) -> None:

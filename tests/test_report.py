@@ -24,6 +24,9 @@ from cmdrdata_autotrack.cli.report import (
 from cmdrdata_autotrack.export.ledger import open_ledger, record
 from cmdrdata_autotrack.pricing import ModelPrice, PriceTable, cost, load_prices
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()

@@ -29,6 +29,9 @@ from cmdrdata_autotrack.reconcile.render import Context, render_json
 
 from conftest import system_tool
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 DAY = 86400
 START = int(datetime(2026, 11, 2, tzinfo=timezone.utc).timestamp())
 HOSTILE = "<script>alert(1)</script>"

@@ -43,6 +43,9 @@ from cmdrdata_autotrack.usage.event import build_event
 from fake_openai import FakeOpenAI
 from ingest_server import IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 KEY = "tk-sec-0123456789abcdef"
 # a key without the tk- prefix: only the registered literal can mask it
 PLAIN_KEY = "cmdr_live_5f0c2d9e8b7a41c3"
@@ -488,6 +491,7 @@ print(reply.usage.total_tokens)
 """
 
 
+@pytest.mark.drives_sdk
 def test_the_openai_key_never_reaches_cmdrdata_nor_the_tracker_key_openai(
     fake: FakeOpenAI, ingest: IngestServer, tmp_path: Path
 ) -> None:

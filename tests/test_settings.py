@@ -48,6 +48,9 @@ from cmdrdata_autotrack.export.spool import Spool
 from fake_openai import FakeOpenAI
 from ingest_server import IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 NUMERIC = [s for s in SETTINGS if s.kind in ("int", "float")]
 WITH_DEFAULT = [s for s in SETTINGS if s.default is not None]
 KEY = "tk-settings-0123456789"
@@ -275,6 +278,7 @@ def test_valid_keywords_are_typed() -> None:
     assert Settings.from_env({"CMDRDATA_TIMEOUT": "2"}, timeout="").timeout == 2.0
 
 
+@pytest.mark.drives_sdk
 def test_tracked_openai_with_hostile_tracker_values_changes_nothing(
     fake: FakeOpenAI, warnings: Warnings
 ) -> None:
@@ -448,6 +452,7 @@ def run_app(app: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.drives_sdk
 def test_hostile_settings_app_runs_and_is_metered_in_the_ledger(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -478,6 +483,7 @@ def test_hostile_settings_app_runs_and_is_metered_in_the_ledger(
     assert rows["acme"]["estimated_calls"] == rows["unattributed"]["estimated_calls"] == 0
 
 
+@pytest.mark.drives_sdk
 def test_hostile_settings_app_delivers_everything_before_it_exits(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:

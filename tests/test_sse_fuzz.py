@@ -18,11 +18,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
 
 from cmdrdata_autotrack.instrumentation.openai.observers import SSEObserver
+
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BOM = b"\xef\xbb\xbf"
@@ -268,6 +272,7 @@ def _required(stream: Stream, consumed: int) -> int:
     return required
 
 
+@pytest.mark.drives_sdk
 @SETTINGS
 @given(streams(), splits)
 def test_the_app_sees_the_server_bytes_minus_the_usage_only_events(

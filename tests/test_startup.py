@@ -351,6 +351,7 @@ NUMBER_TEXT = st.text(alphabet="0123456789.+-eE _\u0660\u00b2", max_size=14) | s
 )
 
 
+@pytest.mark.sdk_independent
 @settings(max_examples=600, deadline=None)
 @given(st.sampled_from([o for o, v in cli.OPTIONS.items() if v[3] is not None]), NUMBER_TEXT)
 def test_a_plainly_valid_number_is_one_the_settings_table_accepts(option: str, text: str) -> None:
@@ -407,6 +408,7 @@ TOKENS = [
 ]
 
 
+@pytest.mark.sdk_independent
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(TOKENS), max_size=7))
 def test_quick_parse_reads_every_command_line_as_argparse_does(argv: list[str]) -> None:

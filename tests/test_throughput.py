@@ -29,6 +29,9 @@ from cmdrdata_autotrack.export.spool import Spool
 
 from ingest_server import BATCH_PATH, EVENTS_PATH, IngestServer
 
+# None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
+pytestmark = pytest.mark.sdk_independent
+
 CLI = str(Path(sys.executable).parent / "cmdrdata-autotrack")
 
 
