@@ -9,11 +9,20 @@ before the objects that use it), before the child runs any code of its own.
 
 Hooks of objects are held weakly: registering does not keep a pipeline alive.
 A hook that fails is counted and skipped; the others still run.
+
+Before the fork, imports of the agent's own modules and dependencies that another
+thread has under way are let finish (:func:`finish_imports`): the agent's threads
+import some lazily (``requests`` when the first sender starts), and a module a
+thread was importing at the fork stays locked in the child for good, so the child's
+own first import of it would never return.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -64,5 +73,46 @@ def hook_count() -> int:
     return sum(1 for ref in _hooks if ref() is not None)
 
 
+# Top-level packages the agent's threads import (its own, and what delivery, tracing and
+# the fleet ledger load lazily). Another thread's import of anything else is the app's.
+LAZY_IMPORTS = frozenset(
+    {
+        "cmdrdata_autotrack",
+        "requests",
+        "urllib3",
+        "idna",
+        "charset_normalizer",
+        "chardet",
+        "certifi",
+        "opentelemetry",
+        "psycopg",
+        "psycopg_binary",
+        "redis",
+        "sqlite3",
+    }
+)
+
+
+def finish_imports() -> None:
+    """Before ``fork``: wait for the agent's modules that another thread is importing.
+
+    Importing a module that is still being initialised waits for the thread doing it,
+    so the child never inherits it half done. Never raises (a cycle the import system
+    detects, or a failing import, is left to that thread).
+    """
+    try:
+        busy = [
+            name
+            for name, module in list(sys.modules.items())
+            if name.partition(".")[0] in LAZY_IMPORTS
+            and getattr(getattr(module, "__spec__", None), "_initializing", False)
+        ]
+    except Exception:
+        return
+    for name in busy:
+        with contextlib.suppress(Exception):  # whatever it is, the fork goes on
+            importlib.import_module(name)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=run_child_hooks)
+    os.register_at_fork(before=finish_imports, after_in_child=run_child_hooks)

@@ -13,6 +13,9 @@ import pytest
 from cmdrdata_autotrack.export import journal as journal_module
 from cmdrdata_autotrack.export.journal import SEGMENT_BYTES, Journal, read_segment
 
+# None of these tests drives the openai SDK: newest SDK only (see tests/run.sh).
+pytestmark = pytest.mark.sdk_independent
+
 HEADER = {"identity": "test"}
 
 
@@ -160,3 +163,49 @@ def test_a_forked_child_never_writes_into_its_parents_mapped_segment(tmp_path: P
         [b'{"who":"child","n":0}'],
         [b'{"who":"parent","n":0}', b'{"who":"parent","n":1}'],
     ]
+
+
+FORK_DURING_IMPORT = """
+import builtins, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from cmdrdata_autotrack import forksafe
+forksafe.LAZY_IMPORTS = forksafe.LAZY_IMPORTS | {"slow_dependency"}
+builtins.probe_started, builtins.probe_release = threading.Event(), threading.Event()
+importer = threading.Thread(target=__import__, args=("slow_dependency",))
+importer.start()
+assert builtins.probe_started.wait(30)
+builtins.probe_release.set()  # the import goes on for a while yet: the fork comes first
+pid = os.fork()
+if pid == 0:
+    import slow_dependency  # never returns if the module stayed locked in the child
+    os._exit(0 if slow_dependency.DONE else 3)
+importer.join()
+deadline = __import__("time").monotonic() + 30
+while __import__("time").monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    threading.Event().wait(0.05)  # bounded poll of the child's exit
+os.kill(pid, 9)
+sys.exit("the child hung importing a module its parent's thread was importing at the fork")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_fork_during_a_lazy_import_never_hangs_the_child(tmp_path: Path) -> None:
+    """A thread of the agent is importing a dependency (``requests``, when the first sender
+    starts) as the app forks: the fork waits for it, so the child can import it too."""
+    (tmp_path / "slow_dependency.py").write_text(
+        "import builtins, time\n"
+        "builtins.probe_started.set()\n"
+        "builtins.probe_release.wait(30)\n"
+        "time.sleep(0.5)  # an import that takes a while (requests takes about that)\n"
+        "DONE = True\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_IMPORT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
