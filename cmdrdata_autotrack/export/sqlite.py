@@ -55,7 +55,9 @@ def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     """
     make_private_dir(path.parent)
     make_private_file(path)
-    conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None)
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout_s, isolation_level=None, cached_statements=STATEMENTS
+    )
     try:
         _configure(conn, busy_timeout_s)
     except sqlite3.DatabaseError as exc:
@@ -66,6 +68,12 @@ def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     for suffix in ("-wal", "-shm"):  # left by an older version, maybe readable by others
         tighten_file(path.with_name(path.name + suffix))
     return conn
+
+
+CACHE_KIB = 256  # per connection
+# Prepared statements kept per connection. The agent's queries with IN (...) lists have a
+# text per list length: the default (128) would keep that many compiled plans a connection.
+STATEMENTS = 16
 
 
 def _configure(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
@@ -85,6 +93,10 @@ def _configure(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
                     raise
                 time.sleep(0.01 * (attempt + 1))
     conn.execute("PRAGMA synchronous = NORMAL")
+    # A small page cache: the agent appends, reads what it just wrote and deletes it, so a
+    # cache serves it little, and SQLite's default (2 MiB per connection, with a connection
+    # per thread and per store) would be memory the app pays for.
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
 
 def run_script(conn: sqlite3.Connection, path: Path, script: str) -> None:
