@@ -1033,6 +1033,20 @@ def run_startup(ctx: Context) -> dict[str, Any]:
             subprocess.run(command, env=env, check=True, capture_output=True)
             times[name].append((time.perf_counter() - started) * 1000)
     log(f"startup: {ctx.sizes.startup_rounds} rounds of {len(names)} commands")
+    # What the app's thread waits for at its first `import openai` (the agent's own start
+    # goes on in the background, and only an early call, a fork or the exit waits for it).
+    timed_import = (
+        "import time; t = time.perf_counter(); import openai; "
+        "print((time.perf_counter() - t) * 1000)"
+    )
+    on_thread: dict[str, list[float]] = {"plain": [], "agent": []}
+    for round_index in range(ctx.sizes.startup_rounds):
+        for name in rotate(["plain", "agent"], round_index):
+            command = [python, "-c", timed_import]
+            if name == "agent":
+                command = [launcher, *command]
+            out = subprocess.run(command, env=ctx.env, check=True, capture_output=True, text=True)
+            on_thread[name].append(float(out.stdout.strip().splitlines()[-1]))
     probe = subprocess.run(
         [launcher, python, "-c", "import sys; print('openai' in sys.modules)"],
         capture_output=True,
@@ -1043,6 +1057,7 @@ def run_startup(ctx: Context) -> dict[str, Any]:
     return {
         "ms": {n: median(v) for n, v in times.items()},
         "rounds": times,
+        "import_on_thread_ms": on_thread,
         "openai_imported_by_agent": probe != "False",
         "probe_output": probe,
         "importtime": importtime(python, launcher, ctx.env),
@@ -1124,9 +1139,17 @@ def startup_report(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             )
         ]
     )
+    on_thread = result["import_on_thread_ms"]
+    thread_added = median(
+        [a - p for a, p in zip(on_thread["agent"], on_thread["plain"], strict=False)]
+    )
     text += (
-        f"\n\nThe first `import openai` takes {fmt(import_added, 1)} ms more under the agent "
-        "than without it (per round: added ms for `import openai` less added ms for `pass`)."
+        f"\n\nThe app's thread waits {fmt(thread_added, 1)} ms more at its first "
+        f"`import openai` under the agent ({fmt(median(on_thread['agent']), 1)} against "
+        f"{fmt(median(on_thread['plain']), 1)} ms, timed around the statement in the app). "
+        f"The whole process takes {fmt(import_added, 1)} ms more (per round: added ms for "
+        "`import openai` less added ms for `pass`): the agent's start, which runs on a "
+        "background thread, is waited for at exit."
     )
     budgets = [
         _budget(
@@ -1141,8 +1164,9 @@ def startup_report(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ),
         _budget(
             label,
-            f"first import openai under the agent adds ≤ {fmt(IMPORT_OPENAI_MS)} ms",
-            import_added,
+            f"first import openai under the agent adds ≤ {fmt(IMPORT_OPENAI_MS)} ms "
+            "(on the app's thread)",
+            thread_added,
             IMPORT_OPENAI_MS,
             "ms",
             1,
