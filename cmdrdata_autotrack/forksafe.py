@@ -11,19 +11,18 @@ Hooks of objects are held weakly: registering does not keep a pipeline alive.
 A hook that fails is counted and skipped; the others still run.
 
 Before the fork, imports of the agent's own modules and dependencies that another
-thread has under way are let finish (:func:`finish_imports`): the agent's threads
-import some lazily (``requests`` when the first sender starts), and a module a
-thread was importing at the fork stays locked in the child for good, so the child's
-own first import of it would never return.
+thread has under way are given a moment to finish (:func:`finish_imports`, bounded):
+the agent's threads import some lazily (``requests`` when the first sender starts),
+and a module a thread was importing at the fork stays locked in the child for good,
+so the child's own first import of it would never return.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from types import MethodType
@@ -93,26 +92,48 @@ LAZY_IMPORTS = frozenset(
 )
 
 
-def finish_imports() -> None:
-    """Before ``fork``: wait for the agent's modules that another thread is importing.
+FINISH_IMPORTS_S = 2.0  # the longest a fork waits for them: a fork is never held up for good
+_watching = False
 
-    Importing a module that is still being initialised waits for the thread doing it,
-    so the child never inherits it half done. Never raises (a cycle the import system
-    detects, or a failing import, is left to that thread).
+
+def finish_imports() -> None:
+    """Before ``fork``: let the imports of the agent's modules another thread has under way
+    finish, within :data:`FINISH_IMPORTS_S`, so the child does not inherit them half done.
+
+    It only waits (polling, the GIL released), never takes an import lock: whatever the
+    importing thread waits for, the fork goes on by the deadline, as it would without it.
+    Never raises.
     """
+    deadline = time.monotonic() + FINISH_IMPORTS_S
     try:
-        busy = [
-            name
-            for name, module in list(sys.modules.items())
-            if name.partition(".")[0] in LAZY_IMPORTS
-            and getattr(getattr(module, "__spec__", None), "_initializing", False)
-        ]
+        while _importing() and time.monotonic() < deadline:
+            time.sleep(0.002)
     except Exception:
         return
-    for name in busy:
-        with contextlib.suppress(Exception):  # whatever it is, the fork goes on
-            importlib.import_module(name)
+
+
+def _importing() -> bool:
+    return any(
+        name.partition(".")[0] in LAZY_IMPORTS
+        and getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+    )
+
+
+def watch_imports() -> None:
+    """Make forks wait for the agent's imports under way (see :func:`finish_imports`).
+
+    Called when the agent's threads start, so that the hook is registered after those of
+    ``logging`` and ``concurrent.futures``, and so runs before them (fork hooks run
+    last-registered first): it never waits while a lock the import may need is held.
+    """
+    global _watching
+    with _lock:
+        if _watching or not hasattr(os, "register_at_fork"):
+            return
+        _watching = True
+    os.register_at_fork(before=finish_imports)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=finish_imports, after_in_child=run_child_hooks)
+    os.register_at_fork(after_in_child=run_child_hooks)

@@ -170,6 +170,7 @@ import builtins, os, sys, threading
 sys.path.insert(0, sys.argv[1])
 from cmdrdata_autotrack import forksafe
 forksafe.LAZY_IMPORTS = forksafe.LAZY_IMPORTS | {"slow_dependency"}
+forksafe.watch_imports()
 builtins.probe_started, builtins.probe_release = threading.Event(), threading.Event()
 importer = threading.Thread(target=__import__, args=("slow_dependency",))
 importer.start()
@@ -194,7 +195,8 @@ sys.exit("the child hung importing a module its parent's thread was importing at
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_fork_during_a_lazy_import_never_hangs_the_child(tmp_path: Path) -> None:
     """A thread of the agent is importing a dependency (``requests``, when the first sender
-    starts) as the app forks: the fork waits for it, so the child can import it too."""
+    starts) as the app forks: the fork waits for it (bounded), so the child can import it
+    too."""
     (tmp_path / "slow_dependency.py").write_text(
         "import builtins, time\n"
         "builtins.probe_started.set()\n"
@@ -204,6 +206,41 @@ def test_a_fork_during_a_lazy_import_never_hangs_the_child(tmp_path: Path) -> No
     )
     done = subprocess.run(
         [sys.executable, "-c", FORK_DURING_IMPORT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+FORK_DURING_A_STUCK_IMPORT = """
+import builtins, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from cmdrdata_autotrack import forksafe
+forksafe.LAZY_IMPORTS = forksafe.LAZY_IMPORTS | {"stuck_dependency"}
+forksafe.FINISH_IMPORTS_S = 0.2
+forksafe.watch_imports()
+builtins.probe_started, builtins.probe_release = threading.Event(), threading.Event()
+threading.Thread(target=__import__, args=("stuck_dependency",), daemon=True).start()
+assert builtins.probe_started.wait(30)
+pid = os.fork()  # the import never ends: the fork goes on all the same
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+builtins.probe_release.set()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_fork_never_waits_for_good_for_an_import(tmp_path: Path) -> None:
+    """An import that does not end (its thread waits for the app): the fork waits a moment
+    for it, then goes on (the app is never held up at a fork)."""
+    (tmp_path / "stuck_dependency.py").write_text(
+        "import builtins\nbuiltins.probe_started.set()\nbuiltins.probe_release.wait(600)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_A_STUCK_IMPORT, str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

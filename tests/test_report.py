@@ -640,6 +640,8 @@ def test_empty_ledger_and_ledger_from_environment(
     open_ledger(path).close()
     monkeypatch.setenv("CMDRDATA_LEDGER_PATH", str(path))
     monkeypatch.setenv("CMDRDATA_API_KEY", "tk-test-key-123")
+    # a spool of its own, with no metered record yet (the suite's may have one by now)
+    monkeypatch.setenv("CMDRDATA_SPOOL_DIR", str(tmp_path / "spool"))
     assert run(parse()) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"No usage has been recorded yet (ledger: {path}).")

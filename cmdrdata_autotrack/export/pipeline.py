@@ -219,6 +219,7 @@ class Pipeline:
                     (self._help_loop, f"cmdrdata-send-{n}")
                     for n in range(2, self.max_in_flight + 1)
                 ]
+            forksafe.watch_imports()  # the senders import requests lazily
             for loop, name in loops:
                 thread = threading.Thread(target=self._guarded(loop), name=name, daemon=True)
                 self._threads.append(thread)
