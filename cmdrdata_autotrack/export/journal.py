@@ -94,6 +94,14 @@ class _Segment:
         finally:
             os.close(self.fd)
 
+    def remove(self) -> None:
+        """Delete it (a segment that holds no event) and close it."""
+        try:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        finally:
+            self.close()
+
     def forget(self) -> None:
         """In a forked child: let go of the parent's segment without touching its file."""
         if self.map is not None:
@@ -188,11 +196,7 @@ class Journal:
         """A spare that holds no event: removed, its header no longer counted."""
         self._paths.discard(segment.path)
         self._written = max(0, self._written - len(self._header))
-        try:
-            with contextlib.suppress(OSError):
-                segment.path.unlink()
-        finally:
-            segment.close()
+        segment.remove()
 
     def prepare(self) -> None:
         """Open the next segment now (the importer's thread), so the app's thread finds one
@@ -206,16 +210,14 @@ class Journal:
             # a first write to a page of a mapped file faults, which costs the app's thread
             # far more than the copy. Pages past what is filled are cut off at rotation,
             # before the kernel would write them.
-            segment.touch(min(segment.capacity, max(4 * mmap.PAGESIZE, 2 * self._last_size)))
+            segment.touch(max(4 * mmap.PAGESIZE, 2 * self._last_size))
         except OSError:  # the app's thread tries again when it needs one
             return
         with self._lock:
             if self._spare is None:
                 self._spare = self._track(segment)
                 return
-        segment.close()  # another thread prepared one meanwhile
-        with contextlib.suppress(OSError):
-            segment.path.unlink()
+        segment.remove()  # another thread prepared one meanwhile
 
     def discard_spare(self) -> None:
         """At shutdown: the prepared segment holds no event; it is not left behind."""

@@ -249,10 +249,7 @@ class SSEObserver:
             # The usual read, past the first event (and, while hiding, whole events, none of
             # which can be a usage-only chunk: it needs an empty array). Kept for the end,
             # handed on as it is.
-            self._tail.append(chunk)
-            self._tail_bytes += len(chunk)
-            if self._tail_bytes > self.TAIL_LIMIT:
-                self._trim_tail()
+            self._scan(chunk)
             return chunk
         if self.failed:
             return chunk
