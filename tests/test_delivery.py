@@ -7,12 +7,15 @@ event is counted twice once deduplicated by its idempotency key.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import pytest
 from cmdrdata_autotrack.config import Settings
 from cmdrdata_autotrack.export import ledger as ledger_db
 from cmdrdata_autotrack.export.client import endpoint_problem, key_problem
-from cmdrdata_autotrack.export.pipeline import Pipeline
+from cmdrdata_autotrack.export.pipeline import Pipeline, lease_owner
 from cmdrdata_autotrack.export.spool import Spool
 from cmdrdata_autotrack.telemetry import logging as agent_logging
 from cmdrdata_autotrack.telemetry import metrics
@@ -474,6 +477,50 @@ def test_shutdown_waits_for_a_retry_due_before_its_deadline(
     assert ingest.wait_for_requests(1, 10)
     pipeline.shutdown()
     assert ingest.accepted_ids() == set(ids)
+
+
+def test_shutdown_frees_a_lease_left_by_a_process_gone(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    pipeline = make(pipelines, settings_for(tmp_path, ingest))
+    ids = submit(pipeline, 1)
+    assert_exactly_once(ingest, ids)  # the senders run: their start-up reclaim is behind them
+    ingest.slow(0.3)  # the lead is busy sending (not idle, where it reclaims too) ...
+    ids += submit(pipeline, 1)
+    assert ingest.wait_for_arrivals(2, 10)
+    # ... when a worker sharing the spool, which leased an event for a minute, dies
+    host, namespace, _, nonce = lease_owner().split(":")
+    dead = ":".join([host, namespace, str(_reaped_pid()), nonce])
+    orphan = event("orphan")
+    with closing(Spool(pipeline.spool_path)) as spool:
+        spool.put_leased(
+            [(orphan["event_id"], json.dumps(orphan), orphan)],
+            1 << 30,
+            "reject",
+            pipeline.identity.fingerprint,
+            (dead, time.time() + 60),
+        )
+    # the last pass does not leave it to wait out the lease: its owner is gone
+    pipeline.shutdown()
+    assert ingest.accepted_ids() == {*ids, orphan["event_id"]}
+    assert ingest.duplicates() == 0
+
+
+def _reaped_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_release_by_owner_leaves_another_senders_lease(tmp_path: Path) -> None:
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        e = event()
+        spool.put([(e["event_id"], json.dumps(e), e)], 1 << 30, "reject")
+        assert [x.event_id for x in spool.lease("b", 10, 60)] == [e["event_id"]]
+        spool.release([e["event_id"]], owner="a")  # a's lease ran out; b holds it now
+        assert spool.lease("c", 10, 60) == []
+        spool.release([e["event_id"]], owner="b")
+        assert [x.event_id for x in spool.lease("c", 10, 60)] == [e["event_id"]]
 
 
 def test_insecure_endpoint_flush_reports_failure(tmp_path: Path, pipelines: list[Pipeline]) -> None:

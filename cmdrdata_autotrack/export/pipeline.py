@@ -180,6 +180,7 @@ class Pipeline:
         self._spool_due = True  # the spool may hold due events not in the handoff
         self._spool_leased_at = -math.inf  # when a sender last leased from the spool
         self._waited = threading.local()  # seconds a sender's round spent waiting for answers
+        self._sending = 0  # rounds of this process's senders with a lease in flight now
         self.produced = 0
         self.refusal: str | None = None  # why the API last refused the set-up (key, endpoint)
 
@@ -461,7 +462,7 @@ class Pipeline:
             self._close_spool(spool)
             raise
         pruned_at = compacted_at = 0.0
-        last_call = full = False
+        last_call = full = reclaimed = False
         last_request = -math.inf
         try:
             self._recall_batch_support(spool)
@@ -493,8 +494,16 @@ class Pipeline:
                     continue
                 due_in = spool.next_due_in(self.serves)  # other identities are not ours
                 if stopping:
+                    if self._sending:  # a helper's request may fail and leave a retry to us
+                        self._wake_send.wait(FLUSH_POLL_S)
+                        self._wake_send.clear()
+                        continue
                     # a retry due before the deadline is still worth waiting for
                     if due_in is None or time.monotonic() + due_in >= self._deadline:
+                        if not reclaimed:  # a lease held by a process gone: send it now
+                            reclaimed = True
+                            if spool.reclaim(owner_is_dead):
+                                continue
                         return  # what is left waits for the next process
                     self._wake_send.wait(due_in)
                     continue
@@ -510,8 +519,19 @@ class Pipeline:
                     spool.compact()
                     compacted_at = now
         finally:
+            self._release_handoff(spool)
             self._done_with_client()
             self._close_spool(spool)
+
+    def _release_handoff(self, spool: Spool) -> None:
+        """The lead stops: events handed over but never sent go back to the spool at once,
+        for the other processes sharing it (not when their lease runs out)."""
+        with self._handoff_lock:
+            left = [item.event_id for _, item in self._handoff]
+            self._handoff.clear()
+        if left:
+            with contextlib.suppress(Exception):  # else they wait out their lease
+                spool.release(left, self.owner)
 
     def _help_loop(self) -> None:
         """A helper sender: sends its own lease of the backlog while there is one."""
@@ -659,10 +679,17 @@ class Pipeline:
                 "cmdrdata: delivering events spooled by an older version, which did not "
                 "record their key, with this process's key and endpoint",
             )
-        if coalesce and len(leased) > 1:
-            self._deliver_batch(spool, client, leased)
-        else:
-            self._deliver_each(spool, client, leased)
+        with self._lock:
+            self._sending += 1
+        try:
+            if coalesce and len(leased) > 1:
+                self._deliver_batch(spool, client, leased)
+            else:
+                self._deliver_each(spool, client, leased)
+        finally:
+            with self._lock:
+                self._sending -= 1
+            self._wake_send.set()  # a lead at its last pass waits for this round's outcome
         # full: as many as allowed, or cut short by the byte bound (more may be due)
         full = len(leased) >= limit or (coalesce and _bytes(leased) > MAX_BATCH_BYTES // 2)
         spent = time.monotonic() - started

@@ -394,17 +394,19 @@ class Spool:
             ]
         )
 
-    def release(self, event_ids: Sequence[str]) -> None:
-        """Give leased events back without counting an attempt (shutdown, breaker open)."""
-        if event_ids:
-            self._write_many(
-                [
-                    (
-                        "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE event_id = ?",
-                        [(i,) for i in event_ids],
-                    )
-                ]
-            )
+    def release(self, event_ids: Sequence[str], owner: str | None = None) -> None:
+        """Give leased events back without counting an attempt (shutdown, breaker open).
+        With ``owner``, only those still leased to it: a lease that ran out may be
+        another sender's by now, and freeing that one could send its events twice."""
+        if not event_ids:
+            return
+        sql = "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE event_id = ?"
+        if owner is None:
+            rows: list[tuple[str, ...]] = [(i,) for i in event_ids]
+        else:
+            sql += " AND lease_owner = ?"
+            rows = [(i, owner) for i in event_ids]
+        self._write_many([(sql, rows)])
 
     def dead_letter(self, event_id: str, reason: str, status: int | None) -> None:
         self._write(
