@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -565,3 +566,79 @@ def test_spool_gives_space_back_after_delivery(tmp_path: Path) -> None:
         spool.ack([e.event_id for e in spool.lease("owner", 1000, 10)])
     spool.compact()
     assert spool.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+
+
+# --- the spool's byte total (what CMDRDATA_SPOOL_MAX_MB is held to) ----------------------
+
+OLD_BYTE_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS events_bytes_in AFTER INSERT ON events BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + NEW.size WHERE key = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS events_bytes_out AFTER DELETE ON events BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) - OLD.size WHERE key = 'bytes';
+END;
+"""
+
+
+def _spooled(n: int) -> list[tuple[str, str, Any]]:
+    events = [event(f"c{i}") for i in range(n)]
+    return [(e["event_id"], json.dumps(e), e) for e in events]
+
+
+def _total_is_exact(spool: Spool) -> bool:
+    (summed,) = spool.conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
+    return bool(spool.stats().bytes == summed)
+
+
+def test_the_byte_total_follows_every_way_in_and_out(tmp_path: Path) -> None:
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        items = _spooled(12)
+        size = len(items[0][1])
+        spool.put(items[:6], 1 << 30, "reject")
+        spool.put(items[:8], 1 << 30, "reject")  # six known already: two added
+        assert spool.stats().bytes > 0 and _total_is_exact(spool)
+        # over the bound: the oldest are evicted for the newest
+        added, dropped = spool.put(items[8:], 8 * size + 10, "drop-oldest")
+        assert (added, dropped) == (4, 4) and _total_is_exact(spool)
+        leased = spool.lease("me", 3, 60)
+        spool.ack([x.event_id for x in leased[:2]] + ["not-spooled"])
+        assert _total_is_exact(spool)
+        spool.dead_letter(leased[2].event_id, "HTTP 422", 422)
+        assert _total_is_exact(spool) and spool.stats().depth == 5
+        assert spool.resend_dead_letters() == 1
+        assert _total_is_exact(spool) and spool.stats().depth == 6
+
+
+def test_an_older_versions_byte_triggers_are_dropped_and_honoured_while_they_last(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.sqlite3"
+    Spool(path).close()
+    old = sqlite3.connect(path)  # a spool last opened by 0.7.0, its total kept by triggers
+    old.executescript(OLD_BYTE_TRIGGERS)
+    old.execute("UPDATE meta SET value = '12345' WHERE key = 'bytes'")  # and gone astray
+    old.commit()
+    with closing(Spool(path)) as spool:
+        triggers = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'"
+        assert spool.conn.execute(triggers).fetchone() == (0,)
+        assert spool.stats().bytes == 0  # recounted
+        spool.put(_spooled(3), 1 << 30, "reject")
+        assert _total_is_exact(spool)
+        # an older version sharing the spool opens it again: its triggers are back, and
+        # they alone keep the total (nothing counted twice)
+        old.executescript(OLD_BYTE_TRIGGERS)
+        old.commit()
+        spool.put(_spooled(2), 1 << 30, "reject")
+        leased = spool.lease("me", 2, 60)
+        spool.ack([x.event_id for x in leased])
+        assert _total_is_exact(spool) and spool.stats().depth == 3
+    old.close()
+
+
+def test_an_idle_compaction_recounts_the_byte_total(tmp_path: Path) -> None:
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        spool.put(_spooled(3), 1 << 30, "reject")
+        # an older version wrote after its triggers were dropped: its events went uncounted
+        spool.conn.execute("UPDATE meta SET value = '7' WHERE key = 'bytes'")
+        spool.compact()
+        assert _total_is_exact(spool)

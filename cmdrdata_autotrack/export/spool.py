@@ -9,7 +9,8 @@ another process sends the event again, with the same idempotency key.
 * ``delivered``: ids acknowledged recently, so an event read again from a
   journal after a crash is not sent again (kept for a week).
 * ``dead_letters``: events the API refused for good, with the reason.
-* ``meta``: running byte total (kept by triggers), the senders' shared state
+* ``meta``: running byte total (kept by the statements that add or remove events,
+  in their transaction), the senders' shared state
   (circuit breaker, last error, last success) for ``doctor``, and which batch
   endpoints answered 404/405 (so that no process probes them again for a day).
 
@@ -31,7 +32,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from .identity import UNKNOWN
 from .sqlite import DamagedDatabase, connect, is_damage, run_script
@@ -70,13 +73,15 @@ CREATE TABLE IF NOT EXISTS dead_letter_identities (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('bytes', '0');
-CREATE TRIGGER IF NOT EXISTS events_bytes_in AFTER INSERT ON events BEGIN
-    UPDATE meta SET value = CAST(value AS INTEGER) + NEW.size WHERE key = 'bytes';
-END;
-CREATE TRIGGER IF NOT EXISTS events_bytes_out AFTER DELETE ON events BEGIN
-    UPDATE meta SET value = CAST(value AS INTEGER) - OLD.size WHERE key = 'bytes';
-END;
 """
+
+# Versions up to 0.7.0 kept the byte total with these per-row triggers (a third of an
+# event's SQLite cost in and out again). A spool opened by this version loses them and
+# gets its total recounted; one an older version re-creates them in (a rolling upgrade)
+# is counted by them alone until the next open, and the total is recounted when idle.
+OLD_TRIGGERS = ("events_bytes_in", "events_bytes_out")
+_RECOUNT = "UPDATE meta SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes'"
+_ADD_BYTES = "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'bytes'"
 
 # After the migration, so that a spool made before identities existed has the column.
 INDEXES = """
@@ -134,6 +139,9 @@ class Spool:
                 raise DamagedDatabase(path, str(exc)) from None
             raise
         run_script(self.conn, path, INDEXES)
+        self._schema_version = -1
+        self._triggers = False
+        self._drop_old_triggers()
 
     def _migrate(self) -> None:
         """Give the events of a spool made before identities existed an identity column
@@ -145,12 +153,52 @@ class Spool:
             if not self._has_identity():
                 conn.execute("ALTER TABLE events ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
 
+    def _drop_old_triggers(self) -> None:
+        if not self._old_triggers():
+            return
+        with self._transaction():
+            for name in OLD_TRIGGERS:
+                self.conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            self.conn.execute(_RECOUNT)
+
+    def _old_triggers(self) -> bool:
+        """Whether an older version's byte triggers are there (they then keep the total);
+        looked up again only when the schema changed."""
+        version = self.conn.execute("PRAGMA schema_version").fetchone()[0]
+        if version != self._schema_version:
+            found = self.conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name IN (?, ?)",
+                OLD_TRIGGERS,
+            ).fetchone()[0]
+            self._schema_version, self._triggers = version, bool(found)
+        return self._triggers
+
+    def _add_bytes(self, change: int) -> None:
+        """Adjust the byte total (in the caller's transaction) unless triggers keep it."""
+        if change and not self._old_triggers():
+            self.conn.execute(_ADD_BYTES, (change,))
+
+    def _forget_bytes_of(self, event_ids: Sequence[str]) -> None:
+        """Take the waiting ``event_ids``' sizes off the total, before they are deleted."""
+        if self._old_triggers():
+            return
+        for start in range(0, len(event_ids), _IN_CHUNK):
+            chunk = event_ids[start : start + _IN_CHUNK]
+            self.conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) - (SELECT COALESCE(SUM(size), 0) "
+                f"FROM events WHERE event_id IN ({','.join('?' * len(chunk))})) "
+                "WHERE key = 'bytes'",
+                chunk,
+            )
+
     def _has_identity(self) -> bool:
         columns = self.conn.execute("PRAGMA table_info(events)").fetchall()
         return any(column[1] == "identity" for column in columns)
 
     def compact(self) -> None:
-        """Return free pages to the file system (cheap; run when the queue is idle)."""
+        """Return free pages to the file system, and recount the byte total (which an older
+        version sharing the spool may have left behind): cheap, run when the queue is idle."""
+        self._write([(_RECOUNT, ())])
         self.conn.executescript("PRAGMA incremental_vacuum;")  # runs it to the end
 
     def close(self) -> None:
@@ -208,7 +256,7 @@ class Spool:
         now = time.time()
         owner, until = lease if lease is not None else (None, 0.0)
         items = [(event_id, body) for event_id, body, _ in events]
-        added = dropped = 0
+        added = dropped = freed_all = 0
         rows: list[tuple[str, str, int, float, str, str | None, float]] = []
         with self._transaction():
             known = self._known([event_id for event_id, _ in items])
@@ -230,6 +278,7 @@ class Spool:
                         rows = []
                         freed, evicted = self._evict_oldest(total + size - max_bytes)
                         total -= freed
+                        freed_all += freed
                         dropped += evicted
                     if total + size > max_bytes:
                         dropped += 1
@@ -239,6 +288,7 @@ class Spool:
                 inserted += rows
             conn.executemany(_INSERT, rows)
             added = len(inserted)
+            self._add_bytes(sum(row[2] for row in inserted) - freed_all)
         if lease is None:
             return added, dropped, []
         return added, dropped, [Leased(row[0], row[1], 0, identity) for row in inserted]
@@ -291,12 +341,20 @@ class Spool:
         conn = self.conn
         where, params = _of(identities)
         with self._transaction():
-            rows = conn.execute(
-                "SELECT seq, event_id, body, attempts, identity FROM events "
-                f"WHERE next_attempt_at <= ? AND lease_until <= ? AND {where} "
-                "ORDER BY seq LIMIT ?",
-                (now, now, *params, limit),
-            ).fetchall()
+            # One identity at a time: each is read in seq order from its index and stops
+            # at ``limit``; with an IN list SQLite would sort every waiting row (bodies and
+            # all) for each lease, a cost that grows with the backlog.
+            rows: list[Any] = []
+            for identity in identities:
+                rows += conn.execute(
+                    "SELECT seq, event_id, body, attempts, identity FROM events "
+                    "WHERE next_attempt_at <= ? AND lease_until <= ? AND identity = ? "
+                    "ORDER BY seq LIMIT ?",
+                    (now, now, identity, limit),
+                ).fetchall()
+            if len(identities) > 1:
+                rows.sort(key=itemgetter(0))  # seq
+                del rows[limit:]
             if max_bytes is not None:
                 rows = _within(rows, max_bytes)
             if rows:
@@ -314,12 +372,13 @@ class Spool:
         if not event_ids:
             return
         now = time.time()
-        self._write_many(
-            [
-                ("DELETE FROM events WHERE event_id = ?", [(i,) for i in event_ids]),
-                ("INSERT OR REPLACE INTO delivered VALUES (?, ?)", [(i, now) for i in event_ids]),
-            ]
-        )
+        conn = self.conn
+        with self._transaction():
+            self._forget_bytes_of(event_ids)
+            conn.executemany("DELETE FROM events WHERE event_id = ?", [(i,) for i in event_ids])
+            conn.executemany(
+                "INSERT OR REPLACE INTO delivered VALUES (?, ?)", [(i, now) for i in event_ids]
+            )
 
     def retry(self, event_id: str, delay_s: float, error: str) -> None:
         self.retry_many([event_id], delay_s, error)
@@ -409,21 +468,20 @@ class Spool:
         self._write_many([(sql, rows)])
 
     def dead_letter(self, event_id: str, reason: str, status: int | None) -> None:
-        self._write(
-            [
-                (
-                    "INSERT OR REPLACE INTO dead_letters "
-                    "SELECT event_id, body, ?, ?, attempts + 1, ? FROM events WHERE event_id = ?",
-                    (reason[:500], status, time.time(), event_id),
-                ),
-                (
-                    "INSERT OR REPLACE INTO dead_letter_identities "
-                    "SELECT event_id, identity FROM events WHERE event_id = ?",
-                    (event_id,),
-                ),
-                ("DELETE FROM events WHERE event_id = ?", (event_id,)),
-            ]
-        )
+        conn = self.conn
+        with self._transaction():
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters "
+                "SELECT event_id, body, ?, ?, attempts + 1, ? FROM events WHERE event_id = ?",
+                (reason[:500], status, time.time(), event_id),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letter_identities "
+                "SELECT event_id, identity FROM events WHERE event_id = ?",
+                (event_id,),
+            )
+            self._forget_bytes_of([event_id])
+            conn.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
 
     def resend_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
         """Move dead letters back into the queue (all, or the ids given)."""
@@ -442,15 +500,17 @@ class Spool:
                 f"LEFT JOIN dead_letter_identities USING (event_id) {where}",
                 params,
             ).fetchall()
-            now = time.time()
+            now, added = time.time(), 0
             for event_id, body, identity in rows:  # back to the sender of their own identity
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT OR IGNORE INTO events (event_id, body, size, created_at, identity) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (event_id, body, len(body), now, identity),
                 )
+                added += len(body) if cursor.rowcount == 1 else 0
                 conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
                 conn.execute("DELETE FROM dead_letter_identities WHERE event_id = ?", (event_id,))
+            self._add_bytes(added)
         return len(rows)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
