@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -642,3 +643,31 @@ def test_an_idle_compaction_recounts_the_byte_total(tmp_path: Path) -> None:
         spool.conn.execute("UPDATE meta SET value = '7' WHERE key = 'bytes'")
         spool.compact()
         assert _total_is_exact(spool)
+
+
+@pytest.mark.parametrize("mode", ["deliver", "ledger"])
+def test_a_flush_waits_for_a_segment_another_importer_is_moving(
+    mode: str, tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    import fcntl
+
+    key = KEY if mode == "deliver" else None
+    pipeline = make(pipelines, settings_for(tmp_path, ingest, api_key=key))
+    assert pipeline.mode == mode
+    e = event()
+    assert pipeline.journal.append((json.dumps(e) + "\n").encode())  # threads not started
+    pipeline.journal.rotate()
+    (segment,) = pipeline.journal.unimported()
+    held = os.open(segment, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as an importer holds a segment while it reads it
+        # the spool is empty, and yet the event is not delivered: the flush must not say so
+        assert pipeline.flush(0.3) is False
+    finally:
+        os.close(held)  # that importer let go of it without finishing
+    assert pipeline.flush(10) is True
+    if mode == "deliver":
+        assert ingest.accepted_ids() == {e["event_id"]}
+    else:
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as ledger:
+            assert ledger.execute("SELECT COUNT(*) FROM usage").fetchone() == (1,)

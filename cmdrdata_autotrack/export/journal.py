@@ -284,6 +284,13 @@ class Journal:
     def pending_bytes(self) -> int:
         return self._written
 
+    def unimported(self) -> list[Path]:
+        """This process's closed segments still in the journal (another importer, or this
+        process's own thread, may be moving them right now)."""
+        with self._lock:
+            closed = list(self._closed)
+        return [path for path in closed if path.exists()]
+
 
 def _try_lock(fd: int, path: Path) -> bool:
     if fcntl is not None:

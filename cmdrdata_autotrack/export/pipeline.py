@@ -910,16 +910,32 @@ class Pipeline:
         store = self.open_store()
         try:
             self.import_journal(store)
+            imported = self._await_imports(store, deadline)
             if self.mode == "ledger":  # and nothing waits for the fleet ledger
-                return store.kept == 0 and store.fleet_waiting() == 0
+                return imported and store.kept == 0 and store.fleet_waiting() == 0
             if self.problem:
                 return False
-            return self.drain(store.spool(), deadline) and store.kept == 0
+            return self.drain(store.spool(), deadline) and imported and store.kept == 0
         except DamagedDatabase as damage:
             self.damaged(damage)
             return False
         finally:
             store.close()
+
+    def _await_imports(self, store: ImportTargets, deadline: float) -> bool:
+        """Segments of this process that another importer (this process's own thread, or
+        another process) was moving when the flush looked, and so skipped: wait for them,
+        so that what was metered before the flush is stored before it is drained (else the
+        flush could find the spool empty and say all was delivered). ``False`` if some
+        are still there at ``deadline``."""
+        left = self.journal.unimported()
+        while left and store.kept == 0 and time.monotonic() < deadline:
+            if self._stopping.is_set():
+                break
+            self._stopping.wait(min(FLUSH_POLL_S, max(0.0, deadline - time.monotonic())))
+            self.import_journal(store)  # any that importer let go of unfinished
+            left = [path for path in left if path.exists()]
+        return not left
 
     def drain(
         self, spool: Spool, deadline: float, progress: Callable[[int], None] | None = None
