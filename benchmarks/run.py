@@ -205,6 +205,10 @@ def clean_env(home: Path) -> dict[str, str]:
     drop = ("CMDRDATA_", "OTEL_", "OPENAI_", "TRACELOOP_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.pop("PYTHONPATH", None)
+    # As on a user's machine: compiled modules are written and reused (pip compiles at
+    # install; the editable package and anything uv installed are compiled by the first,
+    # untimed, run). Without them every start compiles from source, agent and app alike.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["XDG_CACHE_HOME"] = str(home / "cache")
     env["XDG_DATA_HOME"] = str(home / "data")
     env["PYTHONUNBUFFERED"] = "1"
@@ -342,6 +346,7 @@ def ensure_venv(venv: Path, install: bool, source: Path = REPO) -> Path:
                     "pip",
                     "install",
                     "--quiet",
+                    "--compile-bytecode",
                     "--python",
                     str(python),
                     "-r",

@@ -5,10 +5,10 @@ them never to import ``openai``, so it does next to nothing: it registers the ex
 and SIGTERM flush and a finder for ``openai``, importing only modules the
 interpreter has already loaded (no settings, no logging, no OpenTelemetry).
 
-When the app imports ``openai``, the settings are read (bad values are warned about
-then), the SDK's classes are patched at once, so no call can be missed, and the rest
-of the agent (OpenTelemetry, the pipeline, the tracer provider) starts on a
-background thread: ``import openai`` returns without waiting for it. A call made
+When the app imports ``openai``, the SDK's classes are patched at once, so no call
+can be missed, and the rest of the agent (the settings, with a warning for any bad
+value; OpenTelemetry, the pipeline, the tracer provider) starts on a background
+thread: ``import openai`` returns without waiting for it. A call made
 before that start has finished waits for it, and so do ``fork`` (a child must not
 inherit a start half done) and the exit flush.
 
@@ -94,7 +94,7 @@ def _on_openai_imported(module: ModuleType) -> None:
         running = sys.modules.get(__package__ + ".agent")
         if running is not None and running.get() is not None:
             return  # started already (``instrument()``, ``opentelemetry-instrument``)
-        _read_settings()
+        # (the settings are read by the start, off the app's thread: patching needs none)
         from .instrumentation.openai import instrumentor
 
         instrumentor.instrument_deferred(_start_agent)
