@@ -326,7 +326,11 @@ def ensure_venv(venv: Path, install: bool, source: Path = REPO) -> Path:
     python = venv / "bin" / "python"
     stamp = venv / ".bench-stamp"
     digest = hashlib.sha256(
-        REQUIREMENTS.read_bytes() + str(source).encode() + (source / "pyproject.toml").read_bytes()
+        REQUIREMENTS.read_bytes()
+        + str(source).encode()
+        + (source / "pyproject.toml").read_bytes()
+        # the version is read from here at install: a new one needs the metadata remade
+        + (source / "cmdrdata_autotrack" / "_version.py").read_bytes()
     ).hexdigest()
     if python.exists() and (not install or (stamp.exists() and stamp.read_text() == digest)):
         return python
