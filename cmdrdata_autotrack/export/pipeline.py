@@ -72,6 +72,8 @@ IDLE_WAIT_S = 1.0
 # A journal line, compact; built once (json.dumps with options makes an encoder per call).
 # Records are flat JSON made by the processor, never circular: no check needed.
 _JOURNAL_LINE = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+# An event's body as spooled and sent: no NaN passes (the events API would refuse it).
+_EVENT_BODY = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
@@ -356,7 +358,7 @@ class Pipeline:
                         event = json.loads(line)
                         if "a" in event and "event_id" not in event:  # a span record
                             event = span_record_to_event(event, unattributed)
-                            raw = json.dumps(event, separators=(",", ":"), allow_nan=False)
+                            raw = _EVENT_BODY.encode(event)
                         else:
                             raw = line.decode()
                         events.append((event["event_id"], raw, event))
