@@ -194,6 +194,17 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=3650,
     ),
     Setting(
+        "pending_ttl_days",
+        "CMDRDATA_PENDING_TTL_DAYS",
+        "float",
+        "30",
+        "Days started background work (background responses, batches, runs) is remembered "
+        "while the agent waits to see it finished and billed (`pending.sqlite3` in the spool "
+        "folder).",
+        minimum=0.01,
+        maximum=3650,
+    ),
+    Setting(
         "shutdown_timeout",
         "CMDRDATA_SHUTDOWN_TIMEOUT",
         "float",
@@ -272,6 +283,15 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Default customer for calls that name none (lowest precedence).",
         option="--customer-id",
+    ),
+    Setting(
+        "batch_customer_from_custom_id",
+        "CMDRDATA_BATCH_CUSTOMER_FROM_CUSTOM_ID",
+        "str",
+        None,
+        "Bill each line of a Batch output file to the customer its `custom_id` names: `1` "
+        "takes the whole `custom_id`, any other text is a separator and the customer is what "
+        "comes before it (`::` reads `acme::row-17` as `acme`). Unset: the batch's creator.",
     ),
     Setting(
         "stream_usage",
@@ -493,6 +513,7 @@ class Settings:
     ledger_path: str | None = None
     ledger_url: str | None = None
     ledger_retention: float = 35.0
+    pending_ttl_days: float = 30.0
     shutdown_timeout: float = 5.0
     retry_base_delay: float = 0.5
     retry_max_delay: float = 60.0
@@ -502,6 +523,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     unattributed_customer: str = "unattributed"
     customer_id: str | None = None
+    batch_customer_from_custom_id: str | None = None
     stream_usage: str = "auto"
     limits_file: str | None = None
     limits_redis_url: str | None = None

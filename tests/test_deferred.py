@@ -372,10 +372,10 @@ def test_batch_output_lines_bill_once_at_the_batch_rate(
 
 
 def test_batch_customer_from_custom_id_is_opt_in(
-    dfake: FakeDeferred, dclient: Any, spans: Spans, monkeypatch: pytest.MonkeyPatch
+    dfake: FakeDeferred, dclient: Any, spans: Spans, agent_settings: Any
 ) -> None:
     batch = _run_batch(dclient)
-    monkeypatch.setenv("CMDRDATA_BATCH_CUSTOMER_FROM_CUSTOM_ID", "::")
+    agent_settings(batch_customer_from_custom_id="::")  # CMDRDATA_BATCH_CUSTOMER_FROM_CUSTOM_ID
     dclient.files.content(batch.output_file_id).read()
     found = events(spans)
     assert sorted(e["customer_id"] for e in found) == ["cust-1", "cust-2"]

@@ -19,7 +19,6 @@ event, which the spool, the ledger and the events API keep once.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -52,24 +51,12 @@ CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_at);
 """
 
 
-def ttl_seconds() -> float:
-    """How long pending attribution is kept (``CMDRDATA_PENDING_TTL_DAYS``)."""
-    raw = os.environ.get("CMDRDATA_PENDING_TTL_DAYS", "")
-    try:
-        days = float(raw) if raw.strip() else DEFAULT_TTL_S / 86400
-    except ValueError:
-        return DEFAULT_TTL_S
-    if not math.isfinite(days):
-        return DEFAULT_TTL_S
-    return max(60.0, min(days, 3650.0) * 86400)
-
-
 class PendingStore:
     """The pending work of every process sharing ``path``; one connection per thread."""
 
-    def __init__(self, path: Path, ttl_s: float | None = None) -> None:
+    def __init__(self, path: Path, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.path = path
-        self.ttl_s = ttl_s if ttl_s is not None else ttl_seconds()
+        self.ttl_s = ttl_s
         self._local = threading.local()
         self._writes = 0
 
@@ -180,13 +167,14 @@ _stores: dict[Path, PendingStore] = {}
 _stores_lock = threading.Lock()
 
 
-def store_for(spool_dir: Path) -> PendingStore:
-    """The process's store for the spool folder ``spool_dir``."""
+def store_for(spool_dir: Path, ttl_s: float = DEFAULT_TTL_S) -> PendingStore:
+    """The process's store for the spool folder ``spool_dir`` (rows kept ``ttl_s``, the
+    ``CMDRDATA_PENDING_TTL_DAYS`` of the settings that first open it)."""
     path = spool_dir / PENDING_FILE
     with _stores_lock:
         found = _stores.get(path)
         if found is None:
-            found = _stores[path] = PendingStore(path)
+            found = _stores[path] = PendingStore(path, ttl_s)
         return found
 
 

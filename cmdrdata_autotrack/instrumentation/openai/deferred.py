@@ -27,7 +27,6 @@ Nothing here raises into the app, or changes what it gets.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,6 @@ _CARRIED = (
 # Private keys of a sighting's kwargs (the call's own kwargs are empty: it was direct).
 _CONTEXT = "__cmdrdata_context_attribution"
 _WORK = "__cmdrdata_work_id"
-BATCH_CUSTOMER_ENV = "CMDRDATA_BATCH_CUSTOMER_FROM_CUSTOM_ID"
 
 
 @dataclass(slots=True)
@@ -165,7 +163,7 @@ def store(runtime: Runtime) -> PendingStore:
     folder = _spool_dirs.get(configured)
     if folder is None:
         folder = _spool_dirs[configured] = spool_location(configured)[0]
-    return store_for(folder)
+    return store_for(folder, runtime.settings.pending_ttl_days * 86400)
 
 
 def _carried(attributes: Any) -> dict[str, Any]:
@@ -371,9 +369,9 @@ def _batch_sighting(
         pending.remember("file:" + output, "file", {"batch_id": batch_id})
 
 
-def _batch_customer(custom_id: str | None) -> tuple[str, str] | None:
-    """The customer a line's ``custom_id`` names, when the app opted in to that."""
-    mode = os.environ.get(BATCH_CUSTOMER_ENV, "")
+def _batch_customer(custom_id: str | None, mode: str | None) -> tuple[str, str] | None:
+    """The customer a line's ``custom_id`` names, when the app opted in to that
+    (``mode``: ``CMDRDATA_BATCH_CUSTOMER_FROM_CUSTOM_ID``)."""
     if not mode or not custom_id:
         return None
     if mode.lower() in ("1", "true", "yes", "on"):
@@ -423,7 +421,7 @@ def _meter_output(runtime: Runtime, client: Any, file_id: str, response: Any) ->
             attrs = dict(common)
             attrs[A.OPERATION_NAME] = "batch"
             attrs.update(attribution)
-            named = _batch_customer(line.custom_id)
+            named = _batch_customer(line.custom_id, runtime.settings.batch_customer_from_custom_id)
             if named is not None:
                 attrs[A.CUSTOMER_ID], attrs[A.CUSTOMER_SOURCE] = named
                 attrs.pop(A.UNATTRIBUTED, None)
