@@ -184,12 +184,10 @@ class Spool:
         """Take the waiting ``event_ids``' sizes off the total, before they are deleted."""
         if self._old_triggers():
             return
-        for start in range(0, len(event_ids), _IN_CHUNK):
-            chunk = event_ids[start : start + _IN_CHUNK]
+        for chunk, marks in _in_lists(event_ids):
             self.conn.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) - (SELECT COALESCE(SUM(size), 0) "
-                f"FROM events WHERE event_id IN ({','.join('?' * len(chunk))})) "
-                "WHERE key = 'bytes'",
+                f"FROM events WHERE event_id IN ({marks})) WHERE key = 'bytes'",
                 chunk,
             )
 
@@ -298,9 +296,7 @@ class Spool:
     def _known(self, event_ids: Sequence[str]) -> set[str]:
         """Which of ``event_ids`` are waiting, delivered or dead-lettered already."""
         known: set[str] = set()
-        for start in range(0, len(event_ids), _IN_CHUNK):
-            chunk = event_ids[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_lists(event_ids):
             rows = self.conn.execute(
                 f"SELECT event_id FROM events WHERE event_id IN ({marks}) UNION ALL "
                 f"SELECT event_id FROM delivered WHERE event_id IN ({marks}) UNION ALL "
@@ -623,6 +619,13 @@ def _within(rows: list[tuple[object, ...]], max_bytes: int) -> list[tuple[object
         if total > max_bytes and index > 0:
             return rows[:index]
     return rows
+
+
+def _in_lists(event_ids: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
+    """``event_ids`` in chunks of ``_IN_CHUNK``, each with its ``?,?,...`` placeholders."""
+    for start in range(0, len(event_ids), _IN_CHUNK):
+        chunk = event_ids[start : start + _IN_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _of(identities: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
