@@ -204,12 +204,7 @@ def test_a_fork_during_a_lazy_import_never_hangs_the_child(tmp_path: Path) -> No
         "time.sleep(0.5)  # an import that takes a while (requests takes about that)\n"
         "DONE = True\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", FORK_DURING_IMPORT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_script(FORK_DURING_IMPORT, tmp_path)
     assert done.returncode == 0, done.stderr
 
 
@@ -239,10 +234,12 @@ def test_a_fork_never_waits_for_good_for_an_import(tmp_path: Path) -> None:
     (tmp_path / "stuck_dependency.py").write_text(
         "import builtins\nbuiltins.probe_started.set()\nbuiltins.probe_release.wait(600)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", FORK_DURING_A_STUCK_IMPORT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_script(FORK_DURING_A_STUCK_IMPORT, tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def _run_script(script: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter, ``folder`` (its probe module's) as its argument."""
+    return subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=120
+    )
