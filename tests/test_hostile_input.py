@@ -24,6 +24,7 @@ from opentelemetry import context as otel_context
 
 from cmdrdata_autotrack import agent
 from cmdrdata_autotrack.attribution.context import customer_context, reset_customer, set_customer
+from cmdrdata_autotrack.export.pipeline import journal_line
 from cmdrdata_autotrack.export.processor import json_attributes, span_record_to_event
 from cmdrdata_autotrack.instrumentation.openai import request as R
 from cmdrdata_autotrack.instrumentation.openai import wrappers
@@ -52,7 +53,7 @@ class Recorder:
     def events(self) -> list[dict[str, Any]]:
         out = []
         for record in self.records:
-            line = json.dumps(record, separators=(",", ":"))  # what the journal writes
+            line = journal_line(record)  # what the journal writes
             event = span_record_to_event(json.loads(line), "unattributed")
             json.dumps(event, allow_nan=False)
             assert validate(event, SCHEMA) == [], validate(event, SCHEMA)
@@ -913,6 +914,12 @@ def test_journal_record_is_json_whatever_the_attribute_values() -> None:
         {"a": {"gen_ai.response.finish_reasons": [[1], {"x": None}]}, "b": 1e400, "e": "late"},
         {"a": {"cmdrdata.usage.source": ["response"], "cmdrdata.usage.problem": 7}, "ok": None},
         {"a": {"cmdrdata.customer.id": {"id": "acme"}, "gen_ai.request.model": [None]}},
+        # response copies (usage.snapshot) no version of the agent writes
+        {"a": {}, "x": ["no-such-reader", {}, True, False]},
+        {"a": {}, "x": "chat"},
+        {"a": {}, "x": ["chat", [], True, False]},
+        {"a": {}, "x": ["chat", {"usage": {"prompt_tokens": 1e400}}, True, False]},
+        {"a": {}, "x": ["responses", {"usage": [], "output": "x"}, 1, None]},
     ],
 )
 def test_odd_record_values_still_give_a_valid_event(record: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import cmdrdata_autotrack
 from cmdrdata_autotrack import agent, customer_context, limits
+from cmdrdata_autotrack.export.pipeline import journal_line
 from cmdrdata_autotrack.export.processor import span_record_to_event
 from cmdrdata_autotrack.limits import setup
 from cmdrdata_autotrack.limits.counters import CounterCache
@@ -419,7 +420,7 @@ class Recorder:
 
     def events(self) -> list[dict[str, Any]]:
         return [
-            span_record_to_event(json.loads(json.dumps(r)), "unattributed") for r in self.records
+            span_record_to_event(json.loads(journal_line(r)), "unattributed") for r in self.records
         ]
 
 

@@ -10,6 +10,7 @@ goes back to SDK spans the moment anything else would read them.
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,16 +22,22 @@ from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from test_hostile_input import CHAT, PROMPT, USAGE_CASES, chat_body
 
 from cmdrdata_autotrack import agent
 from cmdrdata_autotrack.config import Settings
-from cmdrdata_autotrack.export.processor import MeteringSpanProcessor, span_record_to_event
+from cmdrdata_autotrack.export.pipeline import journal_line
+from cmdrdata_autotrack.export.processor import (
+    MeteringSpanProcessor,
+    resolved_attributes,
+    span_record_to_event,
+)
 from cmdrdata_autotrack.tracing.meter_only import MeterOnlySpan, MeterOnlyTracer
 from cmdrdata_autotrack.tracing.provider import TracerSource
 from cmdrdata_autotrack.usage import attributes as A
 from cmdrdata_autotrack.usage.event import EVENT_ID_NAMESPACE, event_id_for
 
-from fake_openai import FakeOpenAI, status
+from fake_openai import FakeOpenAI, raw, status
 
 # Request parameters recorded for traces only: a meter-only span leaves them out.
 TRACE_ONLY = {
@@ -47,13 +54,23 @@ PER_CALL_ATTRIBUTES = {A.OPENAI_REQUEST_ID, A.RESPONSE_ID}
 
 
 class Records:
-    """A sink of the metering processor: the span records it journals."""
+    """A sink of the metering processor: the span records it journals, as the importer
+    reads them (the journal's line, its response copy read into the attributes)."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self.copies = 0  # records whose usage was read off the app's thread
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self.items.append(record)
+        self.items.append(journaled(record))
+        self.copies += "x" in record
+
+
+def journaled(record: dict[str, Any]) -> dict[str, Any]:
+    line = json.loads(journal_line(record))
+    line["a"] = resolved_attributes(line)
+    line.pop("x", None)
+    return line
 
 
 @pytest.fixture
@@ -122,7 +139,7 @@ def test_calls_meter_the_same_with_meter_only_spans(
     finally:
         source.shutdown()
     assert source.meter_only
-    assert len(records.items) == 1
+    assert len(records.items) == 1 and records.copies == 1  # read off the app's thread
     mine = records.items.pop()
 
     assert set(sdk["a"]) - set(mine["a"]) == TRACE_ONLY & set(sdk["a"])
@@ -135,6 +152,294 @@ def test_calls_meter_the_same_with_meter_only_spans(
     mine_event = span_record_to_event(mine, "unattributed")
     assert _comparable(sdk_event) == _comparable(mine_event)
     assert mine_event["customer_id"] == "acme" and mine_event["input_tokens"] > 0
+
+
+# --- the usage read off the app's thread is the usage read on it --------------------------------
+
+_CHAT_OK = '{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}'
+_OUTPUT_TEXT = {"type": "output_text", "text": "Hello there, tests!!", "annotations": []}
+_MESSAGE_ITEM = {
+    "type": "message",
+    "id": "msg_1",
+    "status": "completed",
+    "role": "assistant",
+    "content": [_OUTPUT_TEXT],
+}
+_REASONING_ITEM = {"type": "reasoning", "id": "rs_1", "summary": []}
+_FUNCTION_ITEM = {
+    "type": "function_call",
+    "id": "fc_1",
+    "call_id": "call_1",
+    "name": "f",
+    "arguments": "{}",
+    "status": "completed",
+}
+_SEARCH_ITEM = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+_RESPONSE_USAGE = {
+    "input_tokens": 9,
+    "output_tokens": 4,
+    "total_tokens": 13,
+    "input_tokens_details": {"cached_tokens": 2},
+    "output_tokens_details": {"reasoning_tokens": 1},
+}
+
+
+def _chat(usage: str | None, **fields: Any) -> bytes:
+    body = json.loads(chat_body(usage).decode().replace("NaN", '"NaN"').replace("1e400", '"INF"'))
+    body.update(fields)
+    text = json.dumps(body).replace('"NaN"', "NaN").replace('"INF"', "1e400")
+    return text.encode()
+
+
+def _response(output: list[Any], usage: Any = _RESPONSE_USAGE, **fields: Any) -> bytes:
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "gpt-4o-2024-08-06",
+        "output": output,
+        "usage": usage,
+        **fields,
+    }
+    return json.dumps(body).encode()
+
+
+def _embedding(usage: Any, **fields: Any) -> bytes:
+    body = {
+        "object": "list",
+        "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "usage": usage,
+        **fields,
+    }
+    return json.dumps(body).encode()
+
+
+def _call_chat(c: Any) -> Any:
+    return c.chat.completions.create(**CHAT, customer_id="acme")
+
+
+def _call_responses(c: Any) -> Any:
+    return c.responses.create(model="gpt-4o", input=PROMPT, customer_id="acme")
+
+
+def _call_embeddings(c: Any) -> Any:
+    return c.embeddings.create(model="text-embedding-3-small", input=PROMPT, customer_id="acme")
+
+
+def _call_completions(c: Any) -> Any:
+    return c.completions.create(model="gpt-3.5-turbo-instruct", prompt=PROMPT, customer_id="acme")
+
+
+_COMPLETION = (
+    b'{"id":"cmpl-1","object":"text_completion","model":"gpt-3.5-turbo-instruct",'
+    b'"choices":[{"index":0,"text":"Hi!","finish_reason":"stop","logprobs":null}],'
+    b'"usage":{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14}}'
+)
+
+# The hostile tests' cases whose counts are valid ints (5.0 is a float to the SDK's model).
+_VALID_COUNTS = {"valid", "details-wrong-type"}
+# (id, the call, the response body, whether its usage is read off the app's thread)
+EQUIVALENCE: list[tuple[str, Any, bytes, bool]] = [
+    *[
+        # the hostile tests' usage bodies: read off the thread only when their counts are valid
+        (
+            f"chat-{name}",
+            _call_chat,
+            chat_body(usage),
+            name in _VALID_COUNTS,
+        )
+        for name, usage, *_ in USAGE_CASES
+    ],
+    (
+        "chat-extra-fields",
+        _call_chat,
+        _chat(
+            '{"prompt_tokens":50,"completion_tokens":7,"total_tokens":57,"surprise":{"a":[1,2]},'
+            '"prompt_tokens_details":{"cached_tokens":20,"audio_tokens":0,"new_kind":4},'
+            '"completion_tokens_details":{"reasoning_tokens":3,"accepted_prediction_tokens":1,'
+            '"rejected_prediction_tokens":2,"audio_tokens":null}}',
+            service_tier="flex",
+            system_fingerprint="fp_1",
+            unknown_top={"x": 1},
+        ),
+        True,
+    ),
+    (
+        "chat-missing-total",
+        _call_chat,
+        chat_body('{"prompt_tokens":5,"completion_tokens":3}'),
+        True,
+    ),
+    (
+        "chat-total-disagrees",
+        _call_chat,
+        chat_body('{"prompt_tokens":5,"completion_tokens":3,"total_tokens":99}'),
+        True,
+    ),
+    (
+        "chat-details-odd",
+        _call_chat,
+        chat_body(
+            '{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,'
+            '"prompt_tokens_details":{"cached_tokens":9},'
+            '"completion_tokens_details":{"reasoning_tokens":"x","accepted_prediction_tokens":-1}}'
+        ),
+        True,
+    ),
+    (
+        "chat-details-null",
+        _call_chat,
+        chat_body(
+            '{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":null,'
+            '"completion_tokens_details":[]}'
+        ),
+        True,
+    ),
+    ("chat-no-choices", _call_chat, _chat(_CHAT_OK, choices=[]), True),
+    ("chat-choices-not-a-list", _call_chat, _chat(_CHAT_OK, choices={"0": {}}), False),
+    (
+        "chat-two-choices",
+        _call_chat,
+        _chat(
+            _CHAT_OK,
+            choices=[
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "a"},
+                    "finish_reason": "stop",
+                },
+                {"index": 1, "message": {"role": "assistant", "content": "b"}, "finish_reason": 7},
+            ],
+        ),
+        True,
+    ),
+    ("chat-model-odd", _call_chat, _chat(_CHAT_OK, model=["x"], id=None), True),
+    ("responses-message", _call_responses, _response([_MESSAGE_ITEM]), True),
+    (
+        "responses-reasoning-function",
+        _call_responses,
+        _response([_REASONING_ITEM, _FUNCTION_ITEM, _MESSAGE_ITEM], service_tier="priority"),
+        True,
+    ),
+    ("responses-hosted-tool", _call_responses, _response([_SEARCH_ITEM, _MESSAGE_ITEM]), False),
+    (
+        "responses-incomplete",
+        _call_responses,
+        _response(
+            [_MESSAGE_ITEM], status="incomplete", incomplete_details={"reason": "max_output_tokens"}
+        ),
+        True,
+    ),
+    (
+        "responses-details-extra",
+        _call_responses,
+        _response(
+            [_MESSAGE_ITEM],
+            {**_RESPONSE_USAGE, "input_tokens_details": {"cached_tokens": 2, "new": 1}, "x": 1},
+        ),
+        True,
+    ),
+    (
+        "responses-missing-total",
+        _call_responses,
+        _response([], {"input_tokens": 3, "output_tokens": 1}),
+        True,
+    ),
+    (
+        "responses-bad-count",
+        _call_responses,
+        _response([_MESSAGE_ITEM], {"input_tokens": -1, "output_tokens": 2}),
+        False,
+    ),
+    (
+        "embeddings-valid",
+        _call_embeddings,
+        _embedding({"prompt_tokens": 6, "total_tokens": 6}),
+        True,
+    ),
+    (
+        "embeddings-extra",
+        _call_embeddings,
+        _embedding({"prompt_tokens": 6, "total_tokens": 7, "z": []}, id=3),
+        True,
+    ),
+    (
+        "embeddings-bad",
+        _call_embeddings,
+        _embedding({"prompt_tokens": "6", "total_tokens": 6}),
+        False,
+    ),
+    ("completions", _call_completions, _COMPLETION, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "body", "off_thread"), [pytest.param(c, b, o, id=n) for n, c, b, o in EQUIVALENCE]
+)
+def test_usage_read_off_the_app_thread_is_the_usage_read_on_it(
+    call: Any,
+    body: bytes,
+    off_thread: bool,
+    client: Any,
+    fake: FakeOpenAI,
+    records: Records,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same response, metered through the app's SDK provider (read on the app's thread)
+    and meter-only (copied, journaled, read by the importer): the same usage event."""
+    fake.enqueue(raw(body))
+    sdk_result = call(client)
+    (sdk,) = records.items
+    assert records.copies == 0
+    records.items.clear()
+
+    running = agent.get()
+    assert running is not None
+    proxy = trace.ProxyTracerProvider()
+    with monkeypatch.context() as patch:
+        patch.setattr(trace, "get_tracer_provider", lambda: proxy)
+        source = TracerSource(Settings(), [running.processor])
+        patch.setattr(running.runtime, "tracers", source)
+        try:
+            fake.enqueue(raw(body))
+            mine_result = call(client)
+        finally:
+            source.shutdown()
+    assert source.meter_only
+    (mine,) = records.items
+    assert records.copies == int(off_thread)
+    assert type(mine_result) is type(sdk_result)  # the app got the same object either way
+    assert repr(mine_result) == repr(sdk_result)
+    sdk_event = span_record_to_event(sdk, "unattributed")
+    mine_event = span_record_to_event(mine, "unattributed")
+    assert _comparable(sdk_event) == _comparable(mine_event)
+    assert mine_event["customer_id"] == "acme"
+
+
+def test_a_copy_the_journal_cannot_write_is_read_on_the_app_thread() -> None:
+    """A response copy holding a loop (an app's own model, say) is read before the line is
+    written: the journal line holds its usage, not the copy, and the event is kept."""
+    from openai.types import CompletionUsage
+
+    loop: dict[str, Any] = {}
+    loop["again"] = loop
+    usage = CompletionUsage(prompt_tokens=5, completion_tokens=3, total_tokens=8)
+    copy = {"model": "gpt-4o-mini", "usage": usage, "choices": [], "loop": loop}
+    record = {"v": 1, "t": 3, "s": 4, "a": {A.CUSTOMER_ID: "acme"}, "b": 1, "e": 2, "ok": True}
+    line = json.loads(journal_line({**record, "x": ["chat", copy, True, True]}))
+    assert "x" not in line
+    assert line["a"][A.INPUT_TOKENS] == 5 and line["a"][A.OUTPUT_TOKENS] == 3
+    event = span_record_to_event(line, "unattributed")
+    assert (event["customer_id"], event["input_tokens"], event["total_tokens"]) == ("acme", 5, 8)
+    assert event["metering_degraded"] is False
+
+
+def test_an_unreadable_copy_gives_a_flagged_event() -> None:
+    record = {"v": 1, "t": 3, "s": 4, "a": {A.CUSTOMER_ID: "acme"}, "b": 1, "e": 2, "ok": True}
+    event = span_record_to_event({**record, "x": ["a-later-reader", {}, True, False]}, "u")
+    assert event["customer_id"] == "acme" and event["metering_degraded"] is True
 
 
 def test_a_failed_call_is_recorded_failed(

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosedError
 
 import cmdrdata_autotrack
 from cmdrdata_autotrack import agent, customer_context
+from cmdrdata_autotrack.export.pipeline import journal_line
 from cmdrdata_autotrack.export.processor import span_record_to_event
 from cmdrdata_autotrack.instrumentation.openai import instrumentor, realtime
 from cmdrdata_autotrack.usage.units import NAMES
@@ -66,7 +67,7 @@ class Events:
 
     def all(self) -> list[dict[str, Any]]:
         return [
-            span_record_to_event(json.loads(json.dumps(r)), "unattributed") for r in self.records
+            span_record_to_event(json.loads(journal_line(r)), "unattributed") for r in self.records
         ]
 
 

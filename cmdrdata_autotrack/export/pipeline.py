@@ -48,6 +48,7 @@ from .. import forksafe, paths, tunables
 from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
+from ..usage import snapshot
 from . import fleet_ledger, fleet_outbox, metered_store
 from . import identity as identities
 from . import ledger as ledger_db
@@ -61,7 +62,7 @@ from .client import (
     key_problem,
 )
 from .journal import Journal, read_segment
-from .processor import span_record_to_event
+from .processor import resolved_attributes, span_record_to_event
 from .spool import Leased, Spool
 from .sqlite import DamagedDatabase, is_damage
 
@@ -71,7 +72,10 @@ IMPORT_BATCH_WINDOW_S = 0.05  # gather events at least this long before closing 
 IDLE_WAIT_S = 1.0
 # A journal line, compact; built once (json.dumps with options makes an encoder per call).
 # Records are flat JSON made by the processor, never circular: no check needed.
-_JOURNAL_LINE = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+# A span record's line; a response copy in it holds the SDK's objects (usage.snapshot).
+_JOURNAL_LINE = json.JSONEncoder(
+    separators=(",", ":"), check_circular=False, skipkeys=True, default=snapshot.fields_of
+)
 # An event's body as spooled and sent: no NaN passes (the events API would refuse it).
 _EVENT_BODY = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
@@ -95,6 +99,24 @@ HELP_WHEN_WAITING = 0.5
 _PARKED: list[object] = []
 
 BATCH_UNKNOWN, BATCH_YES, BATCH_NO = "unknown", "yes", "no"
+
+
+def journal_line(record: dict[str, Any]) -> str:
+    """A span record or event as its journal line (a line of JSON, newline included).
+
+    A response copy the encoder cannot write out (nested past the recursion limit, a
+    circular model an app built) is read on this thread instead, into the attributes,
+    so the event is kept. Raises what the encoder raises for anything else.
+    """
+    try:
+        return _JOURNAL_LINE.encode(record) + "\n"
+    except (ValueError, RecursionError, TypeError):
+        pending = record.get("x")
+        if pending is None:
+            raise
+    plain = {key: value for key, value in record.items() if key != "x"}
+    plain["a"] = resolved_attributes(record)
+    return _JOURNAL_LINE.encode(plain) + "\n"
 
 
 class Round(NamedTuple):
@@ -192,14 +214,13 @@ class Pipeline:
         """Accept one usage event or span record: journal it now, deliver it in the
         background. Never raises."""
         try:
-            line = _JOURNAL_LINE.encode(event) + "\n"
-            if self.journal.append(line.encode()):
+            if self.journal.append(journal_line(event).encode()):
                 metrics.increment("events_accepted")
             else:
                 metrics.increment("events_dropped")
                 warn_once("journal-full", "cmdrdata: the usage journal is full; events dropped")
                 return
-        except (OSError, ValueError, RecursionError):
+        except (OSError, ValueError, RecursionError, TypeError):
             metrics.increment("events_dropped")
             error_once("journal-write", "cmdrdata: could not journal a usage event")
             return

@@ -20,6 +20,7 @@ from ..telemetry import metrics
 from ..telemetry.logging import error_once
 from ..telemetry.otel_metrics import AgentMetrics
 from ..tracing.meter_only import MeterOnlySpan
+from ..usage import snapshot
 from ..usage.attributes import (
     INSTRUMENTATION_SCOPE,
     METERED_MARK,
@@ -57,13 +58,20 @@ class MeteringSpanProcessor(SpanProcessor):
                 return
             # One pass over the SDK's mapping (each lookup in it runs Python code); a
             # meter-only span holds exact JSON values already, and never changes once ended.
-            plain = attributes if type(span) is _METER_ONLY else json_attributes(attributes)
+            meter_only = type(span) is _METER_ONLY
+            plain = attributes if meter_only else json_attributes(attributes)
             if makes_no_event(plain):  # deferred work not finished: traces only
                 return
             metrics.increment("spans_metered")
             context = span.context
             if context is None:
                 return
+            if self._metrics_factory is not None:  # resolved at the first call: the app has
+                self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
+            pending = span.pending if meter_only else None  # type: ignore[attr-defined]
+            if pending is not None and self.metrics is not None:  # the metrics read it now
+                attributes = plain = {**plain, **snapshot.attributes(pending)}
+                pending = None
             # The span as it ended, compactly: the usage event is built from it off this thread.
             record = {
                 "v": 1,
@@ -74,14 +82,14 @@ class MeteringSpanProcessor(SpanProcessor):
                 "e": span.end_time or span.start_time or 0,
                 "ok": span.status.is_ok,
             }
+            if pending is not None:  # its response's usage is read off this thread
+                record["x"] = pending
             for sink in self.sinks:
                 try:
                     sink(record)
                 except Exception:  # one sink's failure must not cost the others the event
                     metrics.increment("instrumentation_errors")
                     error_once("processor-sink", "cmdrdata: a usage event sink failed")
-            if self._metrics_factory is not None:  # resolved at the first call: the app has
-                self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
             if self.metrics is not None:
                 start, end = span.start_time or 0, span.end_time or 0
                 ttfc = attributes.get(RESPONSE_TIME_TO_FIRST_CHUNK)
@@ -150,15 +158,29 @@ def _int(value: Any) -> int:
         return 0
 
 
+def resolved_attributes(record: dict[str, Any]) -> dict[str, Any]:
+    """A span record's attributes, with its response copy's usage read in (usage.snapshot)."""
+    attributes = record["a"]
+    if not isinstance(attributes, dict):
+        raise TypeError("span record attributes must be an object")
+    pending = record.get("x")
+    if pending is None:
+        return attributes
+    try:
+        return {**attributes, **snapshot.attributes(pending)}
+    except Exception:  # not a copy this version reads: the event says it lacks usage
+        metrics.increment("instrumentation_errors")
+        error_once("snapshot-read", "cmdrdata: a span record's response copy was unreadable")
+        return {**attributes, METERING_DEGRADED: True}
+
+
 def span_record_to_event(record: dict[str, Any], unattributed: str) -> dict[str, Any]:
     """The usage event of a journaled span record.
 
     Raises ``KeyError``/``TypeError`` only for a line that is not a span record; odd
     values inside a record still give an event (degraded to what can be read).
     """
-    attributes = record["a"]
-    if not isinstance(attributes, dict):
-        raise TypeError("span record attributes must be an object")
+    attributes = resolved_attributes(record)
     trace_id, span_id = _int(record["t"]), _int(record["s"])
     start, end = max(0, _int(record.get("b", 0))), max(0, _int(record.get("e", 0)))
     ok = bool(record.get("ok", True))

@@ -85,6 +85,7 @@ class MeterOnlySpan(trace.Span):
         "kind",
         "name",
         "parent",
+        "pending",
         "start_time",
         "status",
     )
@@ -110,6 +111,8 @@ class MeterOnlySpan(trace.Span):
         self.status = _UNSET
         self.start_time = start_time if start_time is not None else time.time_ns()
         self.end_time: int | None = None
+        # A copy of the call's response whose usage the importer reads (usage.snapshot).
+        self.pending: list[Any] | None = None
         if attributes:
             self.set_attributes(attributes)
 
@@ -203,17 +206,37 @@ class MeterOnlyTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent = trace.get_current_span(context).get_span_context()
-        if parent.is_valid:
-            trace_id = parent.trace_id
-        else:
-            parent = None  # type: ignore[assignment]
-            trace_id = random.getrandbits(128) or 1
-        span_id = random.getrandbits(64) or 1
-        own = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        own, parent = self._ids(context)
         return MeterOnlySpan(
             name, own, parent, self.scope, self.processors, kind, attributes, start_time
         )
+
+    def start_own(self, name: str, attributes: dict[str, Any]) -> MeterOnlySpan:
+        """A client span holding ``attributes``, which it takes as they are when they are
+        exact JSON scalars (the agent's own, usually), as ``start_span`` would keep them."""
+        own, parent = self._ids(None)
+        span = MeterOnlySpan(
+            name, own, parent, self.scope, self.processors, SpanKind.CLIENT, None, None
+        )
+        if len(attributes) <= MAX_ATTRIBUTES and all(
+            type(value) in _SCALARS for value in attributes.values()
+        ):
+            span.attributes = attributes
+        else:
+            span.set_attributes(attributes)
+        return span
+
+    @staticmethod
+    def _ids(context: otel_context.Context | None) -> tuple[SpanContext, SpanContext | None]:
+        """The new span's context (the parent's trace, a new span id) and its parent's."""
+        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id = parent.trace_id
+        else:
+            parent = None
+            trace_id = random.getrandbits(128) or 1
+        span_id = random.getrandbits(64) or 1
+        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED), parent
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # the SDK's own decorator is private

@@ -22,9 +22,8 @@ from ... import limits
 from ...telemetry import metrics
 from ...telemetry.logging import error_once
 from ...usage import attributes as A
-from ...usage.estimate import estimate_input_tokens, estimate_output_tokens
+from ...usage import settle, snapshot
 from ...usage.model import (
-    MALFORMED_USAGE,
     MISSING_USAGE,
     NON_JSON_BODY,
     ResponseInfo,
@@ -54,6 +53,7 @@ class MeteredCall:
         "kwargs",
         "limit",
         "observer",
+        "reader",
         "reading",
         "request_id",
         "request_usage",
@@ -89,6 +89,9 @@ class MeteredCall:
         self.current = True
         self.attribution: Attribution | None = None  # set by Runtime.begin
         self.limit: Reservation | None = None  # what the customer's limits counted for it
+        # Set by Runtime.begin when the response may be copied for the importer to read
+        # (a meter-only span, no deferred work, nothing estimated from the request).
+        self.reader: str | None = None
 
     # --- the synchronous part of the call ------------------------------------------------
 
@@ -135,6 +138,13 @@ class MeteredCall:
         """The method returned ``result``; end the span now unless its body is still to come."""
         if self.deferred:
             return
+        reader = self.reader
+        if reader is not None and self.limit is None:  # limits count the usage now
+            copy = snapshot.take(reader, result)
+            if copy is not None:
+                endpoint = self.endpoint
+                self._end({}, [reader, copy, endpoint.reports_usage, endpoint.estimates_output])
+                return
         try:
             usage, info, body = self._extract_result(result)
             self.finish(self._settle(usage, body), info)
@@ -187,7 +197,7 @@ class MeteredCall:
             if isinstance(status, int):
                 attrs[A.HTTP_STATUS_CODE] = status
             if self._unparsable_success(exc):
-                metrics.increment(_PROBLEM_METRICS[NON_JSON_BODY])
+                metrics.increment(settle.PROBLEM_METRICS[NON_JSON_BODY])
                 attrs[A.USAGE_PROBLEM] = NON_JSON_BODY
             self.span.set_attributes(attrs)
             self.span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
@@ -251,52 +261,16 @@ class MeteredCall:
     def _settle(
         self, usage: Usage | None, body: Any = None, streamed: int | None = None
     ) -> Usage | None:
-        """Flag usage the response did not report properly, and estimate what it lacks.
+        """Flag and estimate what the response did not report properly (see :mod:`settle`)."""
+        return settle.settle(self.endpoint, self.kwargs, usage, body, streamed)
 
-        ``body`` is the parsed response (to estimate output from its text); ``streamed``
-        the content deltas of a stream. Endpoints that may carry no usage are not flagged
-        for having none.
-        """
-        reports = self.endpoint.reports_usage
-        if usage is None:
-            if not reports:
-                return None
-            usage = Usage(problem=MISSING_USAGE)
-        elif usage.problem in (MISSING_USAGE, NON_JSON_BODY) and not reports:
-            usage.problem = None
-            return None if usage.is_empty() else usage
-        if usage.problem is None:
-            return usage
-        metrics.increment(_PROBLEM_METRICS.get(usage.problem, "usage_malformed"))
-        return self._estimate(usage, body, streamed) if reports else usage
-
-    settle = _settle
+    settle_usage = _settle
 
     def _settle_safely(self, usage: Usage | None) -> Usage | None:
         try:
             return self._settle(usage)
         except Exception:
             return usage
-
-    def _estimate(self, usage: Usage, body: Any, streamed: int | None) -> Usage:
-        """The reported counts that are valid, the others estimated (and marked so)."""
-        estimate = Usage(input_tokens=estimate_input_tokens(self.kwargs))
-        counts = ["input_tokens"]
-        if self.endpoint.estimates_output:
-            estimate.output_tokens = (
-                streamed if streamed is not None else estimate_output_tokens(body)
-            )
-            counts.append("output_tokens")
-        # Only a flaw in the details (all main counts valid) leaves the counts as reported.
-        estimated = usage.estimated or any(getattr(usage, name) is None for name in counts)
-        _derive_from_total(usage)
-        estimate.merge(usage)  # what was reported validly wins over the estimate
-        if usage.total_tokens is None:
-            estimate.total_tokens = (estimate.input_tokens or 0) + (estimate.output_tokens or 0)
-        estimate.estimated = estimated
-        if estimated:
-            metrics.increment("usage_estimated")
-        return estimate
 
     def _degrade(self) -> None:
         """Mark the span: something the agent normally records is missing from it."""
@@ -323,10 +297,11 @@ class MeteredCall:
                 return
             self._ended = True
         try:
-            span = self.span
             attrs: dict[str, Any] = {}
             if not failed:
-                usage, source = self._with_request_units(usage)
+                usage, source = settle.with_request_units(
+                    self.endpoint, self.kwargs, usage, self.request_usage
+                )
                 if usage is not None:
                     attrs.update(usage.to_attributes())
             else:
@@ -334,48 +309,37 @@ class MeteredCall:
             attrs.update(info.to_attributes())
             if self.limit is not None:  # count its usage against the customer's limits
                 limits.settle_call(self, usage, info.model, failed)
+            attrs[A.USAGE_SOURCE] = source
+            deferred.settle(self, attrs, info, failed)  # usage that comes later
+            self._end(attrs)
+        except Exception:
+            metrics.increment("instrumentation_errors")
+            error_once("finish", "cmdrdata: could not end a span")
+
+    def _end(self, attrs: dict[str, Any], pending: list[Any] | None = None) -> None:
+        """End the span with ``attrs`` and the request's facts (``pending``: a response copy
+        the importer reads, see :mod:`usage.snapshot`)."""
+        if pending is not None:
+            with self._lock:
+                if self._ended:
+                    return
+                self._ended = True
+        try:
             self.http_response = None
             if self.request_id:
                 attrs[A.OPENAI_REQUEST_ID] = self.request_id
             if self.resend_count:
                 attrs[A.HTTP_RESEND_COUNT] = self.resend_count
-            attrs[A.USAGE_SOURCE] = source
-            deferred.settle(self, attrs, info, failed)  # usage that comes later
-            span.set_attributes(attrs)
+            span = self.span
+            if pending is not None:
+                span.pending = pending  # type: ignore[attr-defined]  # a MeterOnlySpan
+            if attrs:
+                span.set_attributes(attrs)
             span.end()
             metrics.increment("calls_metered")
         except Exception:
             metrics.increment("instrumentation_errors")
             error_once("finish", "cmdrdata: could not end a span")
-
-    def _with_request_units(self, usage: Usage | None) -> tuple[Usage | None, str]:
-        """The response's usage with what the request alone tells, and where it comes from.
-
-        What the response reported wins over the request's units, which win over the
-        endpoint's fallback estimate (made only when the response reported no tokens).
-        """
-        source = _usage_source(usage)
-        fallback = self.endpoint.fallback
-        estimate = None
-        if fallback is not None and (
-            usage is None or (usage.input_tokens is None and usage.output_tokens is None)
-        ):
-            try:
-                estimate = fallback(self.kwargs)
-            except Exception:
-                error_once("fallback", "cmdrdata: could not estimate a call's usage")
-        if self.request_usage is None and estimate is None:
-            return usage, source
-        merged = Usage()
-        for part in (estimate, self.request_usage, usage):
-            if part is not None:
-                merged.merge(part)
-        if merged.is_empty():
-            return merged, "none"
-        if estimate is not None:
-            metrics.increment("usage_estimated")
-            return merged, "estimate"
-        return merged, "request" if source == "none" else source
 
 
 class TextBodyObserver(BodyObserver):
@@ -388,24 +352,6 @@ class TextBodyObserver(BodyObserver):
         return self.extractor(bytes(data).decode("utf-8", "replace"))
 
 
-_PROBLEM_METRICS = {
-    MISSING_USAGE: "usage_missing",
-    MALFORMED_USAGE: "usage_malformed",
-    NON_JSON_BODY: "usage_non_json_body",
-}
-
-
-def _derive_from_total(usage: Usage) -> None:
-    """One of input/output tokens missing but a valid total reported: the other is exact."""
-    total, inp, out = usage.total_tokens, usage.input_tokens, usage.output_tokens
-    if total is None or (inp is None) == (out is None):
-        return
-    if inp is None and out is not None and total >= out:
-        usage.input_tokens = total - out
-    elif out is None and inp is not None and total >= inp:
-        usage.output_tokens = total - inp
-
-
 def _body_problem(observer: BodyObserver) -> tuple[str, Any]:
     """Why a body read through a streaming response gave no usage, and its JSON if any."""
     if observer.size == 0 or observer.size > observer.FULL:
@@ -414,12 +360,6 @@ def _body_problem(observer: BodyObserver) -> tuple[str, Any]:
         return MISSING_USAGE, json.loads(bytes(observer.head))
     except ValueError:
         return NON_JSON_BODY, None
-
-
-def _usage_source(usage: Usage | None) -> str:
-    if usage is None or usage.is_empty():
-        return "none"
-    return "estimate" if usage.estimated else "response"
 
 
 def _retry_count(request: Any) -> int:

@@ -225,16 +225,24 @@ def settle(call: MeteredCall, attrs: dict[str, Any], info: ResponseInfo, failed:
         kind = _KIND.get(id(call.endpoint))
         if kind is not None:
             _settle_sighting(call, kind, attrs, info, failed)
-        elif (
-            call.endpoint.api_type == "responses"
-            and call.endpoint.method in ("create", "parse")
-            and R.arg(call.kwargs, "background") is True
-            and not failed
-        ):
+        elif _background_create(call.endpoint, call.kwargs) and not failed:
             _settle_background_create(call, attrs, info)
     except Exception:
         metrics.increment("instrumentation_errors")
         error_once("deferred-settle", "cmdrdata: could not settle a call of deferred work")
+
+
+def _background_create(endpoint: Endpoint, kwargs: dict[str, Any]) -> bool:
+    return (
+        endpoint.api_type == "responses"
+        and endpoint.method in ("create", "parse")
+        and R.arg(kwargs, "background") is True
+    )
+
+
+def involves(endpoint: Endpoint, kwargs: dict[str, Any]) -> bool:
+    """Whether ending a call of ``endpoint`` with ``kwargs`` settles deferred work."""
+    return id(endpoint) in _KIND or _background_create(endpoint, kwargs)
 
 
 def _runtime_of(call: MeteredCall) -> Runtime | None:

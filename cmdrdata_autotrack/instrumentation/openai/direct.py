@@ -134,4 +134,4 @@ def _meter_generic(
     call.span.set_attribute("url.path", path[:256])
     call.on_http_response(response, hook.get("retries_taken"), is_async=False)
     metrics.increment("calls_metered_generic")
-    call.finish(call.settle(usage), info)
+    call.finish(call.settle_usage(usage), info)

@@ -55,6 +55,9 @@ class Endpoint:
     # Reserved for surfaces whose usage arrives after the call returns (background
     # responses, batches, runs): their rows will say where the usage is read later.
     usage_later: bool = False
+    # Which reader of ``usage.snapshot`` copies its parsed response for the importer thread
+    # to read (the app's thread then only copies). None: read on the app's thread.
+    reader: str | None = None
 
     @property
     def family(self) -> str:
@@ -83,6 +86,7 @@ def _chat(modules: tuple[str, ...], method: str, **row: Any) -> Endpoint:
         stream="chat",
         reports_usage=True,
         request_units=R.chat_request_units,
+        reader="chat",
         **row,
     )
 
@@ -99,6 +103,7 @@ def _responses(modules: tuple[str, ...], method: str, **row: Any) -> Endpoint:
         stream="responses",
         terminal_events=_RESPONSE_END,
         reports_usage=True,
+        reader="responses",
         **row,
     )
 
@@ -113,6 +118,7 @@ def _compact(modules: tuple[str, ...]) -> Endpoint:
         extract.extract_responses,
         http=("POST", "/responses/compact"),
         reports_usage=True,
+        reader="responses",
     )
 
 
@@ -173,6 +179,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         reports_usage=True,
         injects_stream_usage=True,
         output_type="text",
+        reader="chat",
     ),
     Endpoint(
         ("openai.resources.embeddings",),
@@ -184,6 +191,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         http=("POST", "/embeddings"),
         reports_usage=True,
         estimates_output=False,
+        reader="embeddings",
     ),
     _images("generate", "image_generation", "/images/generations", "image_generation.completed"),
     _images("edit", "image_edit", "/images/edits", "image_edit.completed"),

@@ -33,7 +33,7 @@ from ...tracing.provider import TracerSource
 from ...usage import attributes as A
 from ...usage.model import Usage
 from ..peers import PeerWatch
-from . import direct
+from . import deferred, direct
 from . import request as R
 from .call import MeteredCall
 from .endpoints import Endpoint
@@ -118,6 +118,14 @@ class Runtime:
         ``direct``: a direct ``client.post()`` whose response is here already (its request
         was sent as the caller made it); ``elapsed_ns``: how long ago it started.
         """
+        tracer = self.tracers.tracer()
+        if type(tracer) is MeterOnlyTracer and not direct and not self.settings.capture_content:
+            try:
+                call = self._begin_meter_only(endpoint, client, kwargs, attribution, tracer)
+            except Exception:  # odd input: read part by part below, dropping what fails
+                call = None
+            if call is not None:
+                return call
         settings = self.settings
         parts = _Parts(endpoint.method)
         base = parts.read("server", _no_attrs, lambda: self.client_attributes(client))
@@ -143,7 +151,6 @@ class Runtime:
             A.OPENAI_API_TYPE: endpoint.api_type,
         }
         attrs.update(base)
-        tracer = self.tracers.tracer()
         failed = len(parts.dropped)
         if isinstance(tracer, MeterOnlyTracer):  # no one reads the request's trace attributes
             request = parts.read("request", _no_attrs, lambda: _essentials(kwargs))
@@ -174,10 +181,47 @@ class Runtime:
         span = self._start_span(endpoint, attrs, elapsed_ns, tracer)
         call = MeteredCall(span, endpoint, kwargs, request_usage, hide)
         call.attribution = attribution  # whose limits apply (limits.admit_call)
+        if request_usage is None and isinstance(span, MeterOnlySpan):
+            call.reader = _reader(endpoint, kwargs)
         if elapsed_ns:
             call.started -= elapsed_ns / 1e9
         # another span stays the parent; a meter-only span has no one to parent
         call.current = not suppressed and not direct and not isinstance(span, MeterOnlySpan)
+        return call
+
+    def _begin_meter_only(
+        self,
+        endpoint: Endpoint,
+        client: Any,
+        kwargs: dict[str, Any],
+        attribution: Attribution,
+        tracer: MeterOnlyTracer,
+    ) -> MeteredCall | None:
+        """:meth:`begin` for a call whose span only the metering processor reads, in one go.
+
+        ``None`` when the call needs more than the usual (its stream's usage asked for,
+        another instrumentation tracing it, units its request tells, odd metadata): the
+        part-by-part reading of :meth:`begin` does it. Raises on odd input, which that
+        reading then takes part by part too.
+        """
+        if endpoint.injects_stream_usage and kwargs.get("stream") is not None:
+            return None
+        if attribution.metadata_dropped or self.peers.active():
+            return None
+        units = endpoint.request_units
+        if units is not None and units(kwargs) is not None:
+            return None
+        attrs = dict(endpoint_attributes(endpoint))
+        attrs.update(self.client_attributes(client))
+        essentials = _essentials(kwargs)
+        attrs.update(essentials)
+        attrs.update(attribution.to_attributes())
+        model = essentials.get(A.REQUEST_MODEL)
+        name = f"{endpoint.operation} {model}" if model else endpoint.operation
+        call = MeteredCall(tracer.start_own(name, attrs), endpoint, kwargs, None, False)
+        call.attribution = attribution
+        call.current = False  # a meter-only span has no one to parent
+        call.reader = _reader(endpoint, kwargs)
         return call
 
     def begin_degraded(
@@ -228,6 +272,30 @@ class Runtime:
         return (tracer or self.tracers.tracer()).start_span(
             name, kind=SpanKind.CLIENT, attributes=attrs, start_time=start
         )
+
+
+_ENDPOINT_ATTRIBUTES: dict[int, dict[str, Any]] = {}
+
+
+def endpoint_attributes(endpoint: Endpoint) -> dict[str, Any]:
+    """The attributes every call of ``endpoint`` starts with (made once per row)."""
+    attrs = _ENDPOINT_ATTRIBUTES.get(id(endpoint))
+    if attrs is None:
+        attrs = {
+            A.METERED_MARK: True,
+            A.OPERATION_NAME: endpoint.operation,
+            A.OPENAI_API_TYPE: endpoint.api_type,
+        }
+        _ENDPOINT_ATTRIBUTES[id(endpoint)] = attrs
+    return attrs
+
+
+def _reader(endpoint: Endpoint, kwargs: dict[str, Any]) -> str | None:
+    """The reader that copies a meter-only call's response for the importer (usage.snapshot),
+    or ``None``: its response is read on the app's thread (deferred work settles there)."""
+    if endpoint.reader is None or deferred.involves(endpoint, kwargs):
+        return None
+    return endpoint.reader
 
 
 def _no_usage() -> Usage | None:
