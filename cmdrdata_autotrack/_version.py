@@ -1,3 +1,3 @@
 """The package version (read by the build backend and by ``cmdrdata-run --version``)."""
 
-__version__ = "0.7.1"
+__version__ = "0.7.2"
