@@ -9,6 +9,7 @@ goes back to SDK spans the moment anything else would read them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import uuid
@@ -32,6 +33,8 @@ from cmdrdata_autotrack.export.processor import (
     resolved_attributes,
     span_record_to_event,
 )
+from cmdrdata_autotrack.instrumentation.openai.endpoints import ENDPOINTS
+from cmdrdata_autotrack.instrumentation.openai.wrappers import endpoint_attributes
 from cmdrdata_autotrack.tracing.meter_only import MeterOnlySpan, MeterOnlyTracer
 from cmdrdata_autotrack.tracing.provider import TracerSource
 from cmdrdata_autotrack.usage import attributes as A
@@ -616,3 +619,14 @@ def test_spans_are_sdk_spans_when_anything_else_reads_them(
 def test_event_ids_are_uuid5_of_the_span(trace_id: int, span_id: int) -> None:
     expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{trace_id:032x}{span_id:016x}")
     assert event_id_for(trace_id, span_id) == str(expected)
+
+
+def test_endpoint_attributes_belong_to_their_row() -> None:
+    """The attributes made once per endpoint row are that row's, even for rows made and
+    dropped one after another (whose ids the interpreter would reuse)."""
+    row = ENDPOINTS[0]
+    for operation in ("first", "second", "third"):
+        other = dataclasses.replace(row, operation=operation)
+        assert endpoint_attributes(other)[A.OPERATION_NAME] == operation
+        del other
+    assert endpoint_attributes(row)[A.OPERATION_NAME] == row.operation

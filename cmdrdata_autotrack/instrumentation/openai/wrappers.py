@@ -119,7 +119,12 @@ class Runtime:
         was sent as the caller made it); ``elapsed_ns``: how long ago it started.
         """
         tracer = self.tracers.tracer()
-        if type(tracer) is MeterOnlyTracer and not direct and not self.settings.capture_content:
+        if (
+            type(tracer) is MeterOnlyTracer
+            and not direct
+            and not elapsed_ns
+            and not self.settings.capture_content
+        ):
             try:
                 call = self._begin_meter_only(endpoint, client, kwargs, attribution, tracer)
             except Exception:  # odd input: read part by part below, dropping what fails
@@ -274,19 +279,22 @@ class Runtime:
         )
 
 
-_ENDPOINT_ATTRIBUTES: dict[int, dict[str, Any]] = {}
+# By the row's identity (hashing a row would hash all its fields); the row is kept with
+# its attributes, so an id is never reused for another row while it is cached.
+_ENDPOINT_ATTRIBUTES: dict[int, tuple[Endpoint, dict[str, Any]]] = {}
 
 
 def endpoint_attributes(endpoint: Endpoint) -> dict[str, Any]:
     """The attributes every call of ``endpoint`` starts with (made once per row)."""
-    attrs = _ENDPOINT_ATTRIBUTES.get(id(endpoint))
-    if attrs is None:
-        attrs = {
-            A.METERED_MARK: True,
-            A.OPERATION_NAME: endpoint.operation,
-            A.OPENAI_API_TYPE: endpoint.api_type,
-        }
-        _ENDPOINT_ATTRIBUTES[id(endpoint)] = attrs
+    cached = _ENDPOINT_ATTRIBUTES.get(id(endpoint))
+    if cached is not None and cached[0] is endpoint:
+        return cached[1]
+    attrs = {
+        A.METERED_MARK: True,
+        A.OPERATION_NAME: endpoint.operation,
+        A.OPENAI_API_TYPE: endpoint.api_type,
+    }
+    _ENDPOINT_ATTRIBUTES[id(endpoint)] = (endpoint, attrs)
     return attrs
 
 
