@@ -630,3 +630,38 @@ def test_endpoint_attributes_belong_to_their_row() -> None:
         assert endpoint_attributes(other)[A.OPERATION_NAME] == operation
         del other
     assert endpoint_attributes(row)[A.OPERATION_NAME] == row.operation
+
+
+def test_with_otel_metrics_a_copy_is_read_as_the_span_ends() -> None:
+    """The app's meter provider records token usage when the span ends: a response copy
+    is read then, into the record's attributes, not left for the importer."""
+    from openai.types import CompletionUsage
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from cmdrdata_autotrack.telemetry.otel_metrics import AgentMetrics
+
+    reader = InMemoryMetricReader()
+    recorded: list[dict[str, Any]] = []
+    processor = MeteringSpanProcessor(
+        sinks=[recorded.append],
+        metrics_factory=lambda: AgentMetrics(MeterProvider(metric_readers=[reader]), dict),
+    )
+    tracer = MeterOnlyTracer(InstrumentationScope(A.INSTRUMENTATION_SCOPE), (processor,))
+    span = tracer.start_own("chat gpt-4o-mini", {A.METERED_MARK: True, A.OPERATION_NAME: "chat"})
+    usage = CompletionUsage(prompt_tokens=11, completion_tokens=4, total_tokens=15)
+    span.pending = ["chat", {"model": "gpt-4o-mini", "usage": usage}, True, True]
+    span.end()
+    (record,) = recorded
+    assert "x" not in record
+    assert (record["a"][A.INPUT_TOKENS], record["a"][A.OUTPUT_TOKENS]) == (11, 4)
+    sums = {
+        point.attributes["gen_ai.token.type"]: point.sum
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "gen_ai.client.token.usage"
+        for point in metric.data.data_points
+    }
+    assert sums == {"input": 11, "output": 4}
