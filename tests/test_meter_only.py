@@ -665,3 +665,13 @@ def test_with_otel_metrics_a_copy_is_read_as_the_span_ends() -> None:
         for point in metric.data.data_points
     }
     assert sums == {"input": 11, "output": 4}
+
+
+def test_each_rows_reader_reads_with_the_rows_extractor() -> None:
+    """A row's response is read by the same extractor on the app's thread and off it."""
+    from cmdrdata_autotrack.usage import snapshot
+
+    readers = [row for row in ENDPOINTS if row.reader is not None]
+    assert readers
+    for row in readers:
+        assert snapshot.READERS[row.reader].extractor is row.extractor, row

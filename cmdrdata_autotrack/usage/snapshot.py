@@ -62,19 +62,26 @@ def _valid_counts(usage: Any, required: tuple[str, ...]) -> bool:
     return True
 
 
-def _info(response: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(response, name, None) for name in names}
+def _with_usage(
+    response: Any, required: tuple[str, ...], names: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The copy's common part: the response's ``names`` and its usage, or ``None`` when
+    the counts the endpoint always reports are not all there and valid."""
+    usage = getattr(response, "usage", None)
+    if not _valid_counts(usage, required):
+        return None
+    copy = {name: getattr(response, name, None) for name in names}
+    copy["usage"] = usage
+    return copy
 
 
 _INFO = ("id", "model", "service_tier", "system_fingerprint")
 
 
 def _chat(response: Any) -> dict[str, Any] | None:
-    usage = getattr(response, "usage", None)
-    if not _valid_counts(usage, ("prompt_tokens", "completion_tokens")):
+    copy = _with_usage(response, ("prompt_tokens", "completion_tokens"), _INFO)
+    if copy is None:
         return None
-    copy = _info(response, _INFO)
-    copy["usage"] = usage
     choices = getattr(response, "choices", None)
     if choices is not None:
         if type(choices) is not list:
@@ -84,12 +91,7 @@ def _chat(response: Any) -> dict[str, Any] | None:
 
 
 def _embeddings(response: Any) -> dict[str, Any] | None:
-    usage = getattr(response, "usage", None)
-    if not _valid_counts(usage, ("prompt_tokens",)):
-        return None
-    copy = _info(response, _INFO)
-    copy["usage"] = usage
-    return copy
+    return _with_usage(response, ("prompt_tokens",), _INFO)
 
 
 _PLAIN_ITEMS = frozenset({"message", "reasoning", "function_call"})
@@ -98,11 +100,9 @@ _RESPONSE_INFO = (*_INFO, "status", "incomplete_details")
 
 def _responses(response: Any) -> dict[str, Any] | None:
     """A response whose output holds no hosted tool call (those are read on the app's thread)."""
-    usage = getattr(response, "usage", None)
-    if not _valid_counts(usage, ("input_tokens", "output_tokens")):
+    copy = _with_usage(response, ("input_tokens", "output_tokens"), _RESPONSE_INFO)
+    if copy is None:
         return None
-    copy = _info(response, _RESPONSE_INFO)
-    copy["usage"] = usage
     output = getattr(response, "output", None)
     if output is not None:
         if type(output) is not list:
