@@ -10,9 +10,11 @@ Events are built as in production: the span record goes through a JSON journal l
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -1086,3 +1088,26 @@ def test_event_names_the_openai_key_by_its_last_four_characters_only(
     assert first["openai_key_suffix"] == "K3y9" and first["openai_project_id"] == "proj_abc"
     assert second["openai_key_suffix"] is None and second["openai_project_id"] is None
     assert "secret" not in json.dumps(first)
+
+
+def test_deep_metadata_is_refused_without_recursing_near_the_limit() -> None:
+    # Encoding a value nested 1000 deep recursed to the interpreter's limit on the app's
+    # thread: a finalizer the GC ran there (an unclosed event loop's) then failed with a
+    # RecursionError of its own. With only 40 frames to spare, the value is still refused,
+    # by the shape check, and a value a little shallower is still encoded.
+    from cmdrdata_autotrack.attribution.resolve import metadata_value
+
+    here = len(inspect.stack(0))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(here + 40)
+    try:
+        with pytest.raises(ValueError, match="nested over 64 levels"):
+            metadata_value(_nested(1000))
+        with pytest.raises(ValueError, match="nested over 64 levels"):
+            metadata_value(_nested_list(1000))
+        with pytest.raises(ValueError, match="holds over 4096 items"):
+            metadata_value([[0] * 500 for _ in range(9)])
+    finally:
+        sys.setrecursionlimit(limit)
+    assert metadata_value(_nested(3)) == '{"k": {"k": {"k": {}}}}'
+    assert metadata_value(_cycle) == "{'self': {...}}"

@@ -20,6 +20,11 @@ MAX_CUSTOMER_ID_LENGTH = 256
 MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE = 1024
 _MAX_ITEMS = MAX_METADATA_VALUE // 2  # items of a container that can show in 1024 characters
+# Containers deeper or larger than this are left out before any encoder recurses into
+# them: near the interpreter's recursion limit, a finalizer the GC runs on the app's
+# thread (an unclosed event loop's, say) would fail with RecursionError of its own.
+_MAX_DEPTH = 64
+_MAX_NODES = 4096
 
 
 def plain_str(value: str) -> str:
@@ -93,6 +98,7 @@ def metadata_value(value: Any) -> str | int | float | bool:
             value = value[:_MAX_ITEMS]
         elif isinstance(value, dict) and len(value) > _MAX_ITEMS:
             value = dict(itertools.islice(value.items(), _MAX_ITEMS))
+        _check_shape(value)
         try:
             out = json.dumps(value, default=repr, sort_keys=True, ensure_ascii=False)
         except Exception:  # unsortable keys, a raising repr inside, too deep
@@ -101,6 +107,32 @@ def metadata_value(value: Any) -> str | int | float | bool:
                 raise TypeError("repr() did not return a string") from None
             out = plain_str(out)
     return out[:MAX_METADATA_VALUE]
+
+
+def _check_shape(value: Any) -> None:
+    """Raise ``ValueError`` for a container nested deeper than ``_MAX_DEPTH`` or holding
+    more than ``_MAX_NODES`` containers and items, walked without recursion. A container
+    met twice (a cycle) is walked once: the encoders report the cycle themselves."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    walked: set[int] = set()
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in walked:
+            continue
+        if type(node) is dict:  # exact types: a subclass's own iteration is never run
+            children: Any = dict.values(node)
+        elif type(node) is list or type(node) is tuple:
+            children = node
+        else:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise ValueError(f"metadata value nested over {_MAX_DEPTH} levels deep")
+        walked.add(id(node))
+        seen += len(children)
+        if seen > _MAX_NODES:
+            raise ValueError(f"metadata value holds over {_MAX_NODES} items")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _metadata_key(key: Any) -> str:
