@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -1107,6 +1108,11 @@ def test_deep_metadata_is_refused_without_recursing_near_the_limit() -> None:
             metadata_value(_nested_list(1000))
         with pytest.raises(ValueError, match="holds over 4096 items"):
             metadata_value([[0] * 500 for _ in range(9)])
+        deep_ordered: Any = OrderedDict()  # subclasses are walked too
+        for _ in range(1000):
+            deep_ordered = OrderedDict(k=deep_ordered)
+        with pytest.raises(ValueError, match="nested over 64 levels"):
+            metadata_value(deep_ordered)
     finally:
         sys.setrecursionlimit(limit)
     assert metadata_value(_nested(3)) == '{"k": {"k": {"k": {}}}}'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,16 +120,21 @@ def _check_shape(value: Any) -> None:
         node, depth = stack.pop()
         if id(node) in walked:
             continue
-        if type(node) is dict:  # exact types: a subclass's own iteration is never run
-            children: Any = dict.values(node)
-        elif type(node) is list or type(node) is tuple:
-            children = node
+        children: Iterable[Any]
+        # Subclasses too (an OrderedDict, a defaultdict), read through the base type's own
+        # methods, so a subclass's overrides are never run.
+        if isinstance(node, dict):
+            count, children = dict.__len__(node), dict.values(node)
+        elif isinstance(node, list):
+            count, children = list.__len__(node), list.__iter__(node)
+        elif isinstance(node, tuple):
+            count, children = tuple.__len__(node), tuple.__iter__(node)
         else:
             continue
         if depth >= _MAX_DEPTH:
             raise ValueError(f"metadata value nested over {_MAX_DEPTH} levels deep")
         walked.add(id(node))
-        seen += len(children)
+        seen += count
         if seen > _MAX_NODES:
             raise ValueError(f"metadata value holds over {_MAX_NODES} items")
         stack.extend((child, depth + 1) for child in children)
