@@ -104,22 +104,30 @@ def totals(folder: Path, pid: int, calling: bool) -> list[int]:
     return [found[k] for k in sorted(found)]
 
 
+def worker_plan(
+    candidate: str, urls: tuple[str, str], args: argparse.Namespace, scratch: Path, calls: int
+) -> dict[str, Any]:
+    """What ``child`` runs: the candidate, the fakes, the workloads and the counts."""
+    spool = scratch / "spool"
+    spool.mkdir()
+    return {
+        "candidate": candidate,
+        "openai": urls[0],
+        "ingest": urls[1],
+        "spool": str(spool),
+        "workloads": list(args.workloads),
+        "warmup": args.warmup,
+        "calls": calls,
+    }
+
+
 def measure(
     python: Path, candidate: str, urls: tuple[str, str], args: argparse.Namespace, calling: bool
 ) -> dict[str, Any]:
     from run import clean_env
 
     scratch = Path(tempfile.mkdtemp(prefix=f"cg-{candidate}-"))
-    plan = {
-        "candidate": candidate,
-        "openai": urls[0],
-        "ingest": urls[1],
-        "spool": str(scratch / "spool"),
-        "workloads": list(args.workloads),
-        "warmup": args.warmup,
-        "calls": args.calls,
-    }
-    (scratch / "spool").mkdir()
+    plan = worker_plan(candidate, urls, args, scratch, args.calls)
     env = clean_env(scratch)
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
     command = [
@@ -159,16 +167,8 @@ def native_rate(python: Path, urls: tuple[str, str], args: argparse.Namespace) -
     runs: list[dict[str, float]] = []
     for _ in range(3):
         scratch = Path(tempfile.mkdtemp(prefix="cg-native-"))
-        plan = {
-            "candidate": "baseline",
-            "openai": urls[0],
-            "ingest": urls[1],
-            "spool": str(scratch),
-            "workloads": list(args.workloads),
-            "warmup": args.warmup,
-            "calls": args.calls * 10,
-            "out": str(scratch / "native.json"),
-        }
+        plan = worker_plan("baseline", urls, args, scratch, args.calls * 10)
+        plan["out"] = str(scratch / "native.json")
         subprocess.run(
             [str(python), str(Path(__file__).resolve()), "--child", json.dumps(plan)],
             env=clean_env(scratch),
@@ -188,20 +188,20 @@ def report(
 
     base = counts["baseline"]
     rate = {w: base["all"][w] / micros[w] for w in workloads}  # instructions per µs
+    others = [name for name in counts if name != "baseline"]
+
+    def added(name: str, scope: str, workload: str) -> float:
+        return counts[name][scope][workload] - base[scope][workload]
+
+    def cell(name: str, scope: str, workload: str) -> str:
+        extra = added(name, scope, workload)
+        return f"{fmt(extra / 1000)}k (≈ {fmt(extra / rate[workload])} µs)"
+
     parts: list[str] = []
     for scope, title in (("all", "every thread, delivery included"), ("calling", "calling thread")):
-        rows = []
-        for name, by_scope in counts.items():
-            if name == "baseline":
-                continue
-            rows.append(
-                [LABELS.get(name, name)]
-                + [
-                    f"{fmt((by_scope[scope][w] - base[scope][w]) / 1000)}k "
-                    f"(≈ {fmt((by_scope[scope][w] - base[scope][w]) / rate[w])} µs)"
-                    for w in workloads
-                ]
-            )
+        rows = [
+            [LABELS.get(name, name)] + [cell(name, scope, w) for w in workloads] for name in others
+        ]
         parts.append(
             f"**Added instructions per call, {title}** (thousands; ≈ µs at the baseline's "
             "rate on this machine)\n\n" + table(["candidate", *workloads], rows)
@@ -220,9 +220,8 @@ def report(
         if name in counts and official is not None:
             row = [LABELS[name]]
             for w in workloads:
-                theirs = official["all"][w] - base["all"][w]
-                ours = counts[name]["all"][w] - base["all"][w]
-                row.append(fmt(ours / theirs, 2) if theirs > 0 else "n/a")
+                theirs = added("otel-v2", "all", w)
+                row.append(fmt(added(name, "all", w) / theirs, 2) if theirs > 0 else "n/a")
             ratios.append(row)
     if ratios:
         parts.append(
@@ -232,11 +231,8 @@ def report(
         )
     if "stream20" in workloads and "stream200" in workloads:
         rows = []
-        for name, by_scope in counts.items():
-            if name == "baseline":
-                continue
-            added = [by_scope["all"][w] - base["all"][w] for w in ("stream20", "stream200")]
-            per_chunk = (added[1] - added[0]) / 180
+        for name in others:
+            per_chunk = (added(name, "all", "stream200") - added(name, "all", "stream20")) / 180
             rows.append(
                 [LABELS.get(name, name), fmt(per_chunk), fmt(per_chunk / rate["stream200"], 2)]
             )
