@@ -33,7 +33,7 @@ import time
 import urllib.request
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,8 @@ class Candidate:
     customer_on: frozenset[str] = frozenset()
     # What the candidate produced so far (events or spans), when the ingest server cannot tell.
     produced: Callable[[], int] | None = None
+    # Parameters the candidate's streamed calls add (the SDK alone asking for stream usage).
+    stream_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _openai_client(base_url: str) -> Any:
@@ -320,6 +322,9 @@ def _cmdrdata_openai(base_url: str, ingest: str) -> Candidate:
 def make_candidate(name: str, base_url: str, ingest: str, spool: str) -> Candidate:
     if name == "baseline":
         return Candidate(_openai_client(base_url), lambda: None)
+    if name == "baseline-usage":  # the SDK alone, asking for the stream usage the agent asks for
+        usage = {"stream_options": {"include_usage": True}}
+        return Candidate(_openai_client(base_url), lambda: None, stream_kwargs=usage)
     if name == "agent":
         return _agent(base_url, ingest, spool, api_key=TRACKER_KEY)
     if name.startswith("agent-batch"):
@@ -343,6 +348,7 @@ def make_call(candidate: Candidate, workload: str) -> Callable[[], None]:
     if entry == "chat":
         create = client.chat.completions.create
         if kwargs.get("stream"):
+            kwargs = {**kwargs, **candidate.stream_kwargs}
 
             def stream() -> None:
                 for _ in create(**kwargs):
