@@ -292,6 +292,19 @@ def test_usage_on_a_chunk_with_choices_reaches_the_app_and_is_read(
     assert_metered(first_attrs(spans))
 
 
+@pytest.mark.parametrize("name", ["LF", "CRLF", "CR+CRLF"])
+def test_a_usage_reported_after_the_hidden_chunk_is_the_one_billed(
+    client: Any, fake: FakeOpenAI, spans: Spans, name: str
+) -> None:
+    # The hidden chunk's usage is not read again at the end; a later report still wins.
+    framing = FRAMINGS[name]
+    later = event(content("", "stop", usage={**USAGE, "completion_tokens": 5}), framing)
+    body = [*chat_events(framing)[:2], event(USAGE_CHUNK, framing), later, done(framing)]
+    seen = read_sync(client, fake, body)
+    assert contents(seen) == ["Hel", "lo", ""]
+    assert_metered(first_attrs(spans), completion=5)
+
+
 def test_an_unfinished_last_event_is_handed_on_and_read() -> None:
     observer = SSEObserver("chat", hide_usage_chunk=True)
     body = b"".join(chat_events((CR, CR))) + b"data: " + json.dumps(USAGE_CHUNK).encode() + CR

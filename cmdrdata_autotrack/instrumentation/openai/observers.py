@@ -187,6 +187,7 @@ class SSEObserver:
         "_fast",
         "_head",
         "_held",
+        "_hidden_event",
         "_hidden_usage",
         "_mid_line",
         "_reasons",
@@ -224,6 +225,9 @@ class SSEObserver:
         self._reasons: list[str] = []
         self._done = False
         self._hidden_usage: Usage | None = None
+        # The hidden chunk as the tail is read (LF line ends, no empty line): found there
+        # again as the last usage, it is not parsed a second time.
+        self._hidden_event = b""
         # The framing state while hiding:
         self._held = bytearray()  # the unfinished event that may be a usage-only chunk
         self._released = False  # the unfinished event is known not to be one: it flows on
@@ -248,8 +252,11 @@ class SSEObserver:
         ):
             # The usual read, past the first event (and, while hiding, whole events, none of
             # which can be a usage-only chunk: it needs an empty array). Kept for the end,
-            # handed on as it is.
-            self._scan(chunk)
+            # handed on as it is (_scan, inlined: this runs for every chunk).
+            self._tail.append(chunk)
+            self._tail_bytes += len(chunk)
+            if self._tail_bytes > self.TAIL_LIMIT:
+                self._trim_tail()
             return chunk
         if self.failed:
             return chunk
@@ -434,6 +441,8 @@ class SSEObserver:
         self.hidden = True
         if usage is not None:
             self._hidden_usage = usage
+            if data.get("type") not in _TERMINAL_TYPE_NAMES:  # (a chunk has no type)
+                self._hidden_event = _one_line_end(event).rstrip(b"\n")
         self.info.merge(info)
         return True
 
@@ -502,7 +511,7 @@ class SSEObserver:
         self._head = None
         end = data[-END_WINDOW:]  # finish reasons and errors are at the end
         self._reasons = [m.group(1).decode() for m in _FINISH.finditer(end)]
-        self.error = any(marker in end for marker in _ERROR_MARKERS)
+        self.error = b"error" in end and any(marker in end for marker in _ERROR_MARKERS)
         text = _one_line_end(data if self._truncated else data.removeprefix(_BOM))
         first = 0  # where the first whole event starts (a tail cut at its start begins mid-event)
         if self._truncated:
@@ -533,6 +542,8 @@ class SSEObserver:
             cut = text.rfind(b"\n\n", first, at)
             stop = text.find(b"\n\n", at)
             event = text[cut + 2 if cut >= 0 else first : stop if stop >= 0 else None]
+            if event == self._hidden_event:  # read when it was hidden (its facts merged then)
+                return self._hidden_usage
             usage = self._usage_of(parsed[1] if event == parsed[0] else event_data(event))
             if usage is not None:
                 return usage
