@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cmdrdata_autotrack.instrumentation.openai.observers import SSEObserver
+from cmdrdata_autotrack.instrumentation.openai.observers import SSEObserver, without_null_usage
 
 from conftest import Spans
 from fake_openai import FakeOpenAI, raw
@@ -59,6 +59,12 @@ def chat_events(framing: tuple[bytes, bytes]) -> list[bytes]:
         event(content("lo"), framing),
         event(content("", "stop"), framing),
     ]
+
+
+def handed_on(data: bytes) -> bytes:
+    """What the app gets of ``content``'s chunks while the agent hides its usage: no
+    "usage": null member (include_usage adds it)."""
+    return data.replace(b', "usage": null', b"")
 
 
 def done(framing: tuple[bytes, bytes] = (LF, LF)) -> bytes:
@@ -143,8 +149,9 @@ def test_raw_bytes_are_the_server_bytes_minus_the_usage_event(
         usage_event[-1:] + done((CR, CRLF)),
     ]
     server = b"".join(body)
-    expected = server.replace(usage_event, b"")
-    assert len(expected) == len(server) - len(usage_event)
+    # ... and without the "usage": null member include_usage put in the real chunk
+    expected = handed_on(server.replace(usage_event, b""))
+    assert len(expected) == len(server) - len(usage_event) - len(b', "usage": null')
     serve(fake, body)
     with client.chat.completions.with_streaming_response.create(**CHAT, stream=True) as response:
         seen = b"".join(response.iter_bytes())
@@ -159,7 +166,7 @@ def test_a_chunk_size_the_caller_asked_for_is_kept(
     serve(fake, body)
     with client.chat.completions.with_streaming_response.create(**CHAT, stream=True) as response:
         pieces = list(response.iter_bytes(chunk_size=7))
-    assert b"".join(pieces) == b"".join(body).replace(event(USAGE_CHUNK), b"")
+    assert b"".join(pieces) == handed_on(b"".join(body).replace(event(USAGE_CHUNK), b""))
     assert {len(piece) for piece in pieces[:-1]} == {7} and 0 < len(pieces[-1]) <= 7
     assert_metered(first_attrs(spans))
 
@@ -172,7 +179,8 @@ async def test_a_chunk_size_the_caller_asked_for_is_kept_async(
     create = aclient.chat.completions.with_streaming_response.create
     async with create(**CHAT, stream=True) as response:
         pieces = [piece async for piece in response.iter_bytes(chunk_size=5)]
-    assert b"".join(pieces) == b"".join(body).replace(event(USAGE_CHUNK, (CR, CR)), b"")
+    usage_event = event(USAGE_CHUNK, (CR, CR))
+    assert b"".join(pieces) == handed_on(b"".join(body).replace(usage_event, b""))
     assert {len(piece) for piece in pieces[:-1]} == {5}
     assert_metered(first_attrs(spans))
 
@@ -303,6 +311,79 @@ def test_a_usage_reported_after_the_hidden_chunk_is_the_one_billed(
     seen = read_sync(client, fake, body)
     assert contents(seen) == ["Hel", "lo", ""]
     assert_metered(first_attrs(spans), completion=5)
+
+
+NULL_USAGE_SPELLINGS = {  # a chunk with the "usage": null member include_usage adds
+    "as OpenAI writes it": lambda c: json.dumps({**c, "usage": None}, separators=(",", ":")),
+    "spaced": lambda c: json.dumps({**c, "usage": None}),
+    "first": lambda c: json.dumps({"usage": None, **c}, separators=(",", " : ")),
+}
+CHUNK_ARGS: list[tuple[str, ...]] = [("Hel",), ("lo",), ("", "stop")]
+
+
+def plain_chunks() -> list[dict[str, Any]]:
+    """The chat chunks of ``chat_events``, as a server sends them without include_usage."""
+    return [{k: v for k, v in content(*args).items() if k != "usage"} for args in CHUNK_ARGS]
+
+
+@pytest.mark.parametrize("spelling", NULL_USAGE_SPELLINGS)
+def test_chunks_carry_no_usage_member_the_app_did_not_ask_for(
+    client: Any, fake: FakeOpenAI, spans: Spans, agent_settings: Any, spelling: str
+) -> None:
+    dump = NULL_USAGE_SPELLINGS[spelling]
+    with_nulls = [event({}, text=dump(c)) for c in plain_chunks()]
+    assert all(b'"usage"' in e for e in with_nulls)
+    serve(fake, [*with_nulls, event(USAGE_CHUNK), done()])
+    seen = [(c.to_json(), c.to_dict()) for c in client.chat.completions.create(**CHAT, stream=True)]
+    assert_metered(first_attrs(spans))
+    agent_settings(stream_usage="never")  # what the app gets with no agent asking for usage
+    serve(fake, [*(event(c) for c in plain_chunks()), done()])
+    plain = client.chat.completions.create(**CHAT, stream=True)
+    assert seen == [(c.to_json(), c.to_dict()) for c in plain]
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {**CHUNK, "choices": [], "usage": None, "obfuscation": "x"},  # mid-object
+        {"usage": None, **CHUNK},  # first
+        {**CHUNK, "choices": [{"delta": {"content": 'say "usage": null, "usage":null'}}]},
+        {**CHUNK, "choices": [{"delta": {"content": "a,"}}], "usage": None},
+    ],
+)
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": "), (",", " : ")])
+def test_only_a_null_usage_member_is_taken_out(
+    chunk: dict[str, Any], separators: tuple[str, str]
+) -> None:
+    data = json.dumps(chunk, separators=separators).encode()
+    out = without_null_usage(b"data: " + data + b"\n\n")
+    assert out.startswith(b"data: ") and out.endswith(b"}\n\n")
+    plain = {k: v for k, v in chunk.items() if not (k == "usage" and v is None)}
+    assert json.loads(out[6:]) == plain  # still JSON; strings and other members untouched
+
+
+def test_a_usage_member_split_across_reads_reaches_the_app_intact(
+    client: Any, fake: FakeOpenAI, spans: Spans
+) -> None:
+    dump = NULL_USAGE_SPELLINGS["as OpenAI writes it"]
+    body = b"".join([*(event({}, text=dump(c)) for c in plain_chunks()), event(USAGE_CHUNK)])
+    body += done()
+    seen = read_sync(client, fake, [body[i : i + 7] for i in range(0, len(body), 7)])
+    assert contents(seen) == ["Hel", "lo", ""]  # every chunk parsed: nothing cut in half
+    assert all(c["usage"] is None for c in seen)
+    assert_metered(first_attrs(spans))
+
+
+def test_a_usage_member_the_caller_asked_for_is_kept(
+    client: Any, fake: FakeOpenAI, spans: Spans
+) -> None:
+    dump = NULL_USAGE_SPELLINGS["as OpenAI writes it"]
+    body = [*(event({}, text=dump(c)) for c in plain_chunks()), event(USAGE_CHUNK), done()]
+    serve(fake, body)
+    create = client.chat.completions.with_streaming_response.create
+    with create(**CHAT, stream=True, stream_options={"include_usage": True}) as response:
+        assert b"".join(response.iter_bytes()) == b"".join(body)
+    assert_metered(first_attrs(spans))
 
 
 def test_an_unfinished_last_event_is_handed_on_and_read() -> None:

@@ -10,7 +10,9 @@ collection.
 
 An observer that leaves bytes out (the injected usage chunk) reads the body as
 it arrives; a ``chunk_size`` the caller asked for is then applied to what it
-hands on, so the caller still gets chunks of exactly that size.
+hands on, so the caller still gets chunks of exactly that size. What it hands on
+also loses the ``"usage": null`` members the injected option put in every other
+chunk, so the caller's chunks are those it would get without the agent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .observers import SSEObserver
+from .observers import SSEObserver, without_null_usage
 
 if TYPE_CHECKING:
     from .call import MeteredCall
@@ -67,6 +69,7 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Generator[bytes
     observer = call.observer
     assert observer is not None
     feed = observer.feed
+    restore = _cuts_bytes_out(call)  # the agent asked for the usage: it takes its traces out
     call.reading = True  # a close() from inside the read (httpx does that) is not the end
     try:
         for chunk in source:
@@ -75,11 +78,11 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Generator[bytes
                 call.on_first_chunk()
             out = feed(chunk)
             if out:
-                yield out
+                yield without_null_usage(out) if restore else out
             call.reading = True
         rest = observer.flush()
         if rest:
-            yield rest
+            yield without_null_usage(rest) if restore else rest
     except GeneratorExit:
         call.finish_stream("closed")
         raise
@@ -97,6 +100,7 @@ async def _observe_async(
     observer = call.observer
     assert observer is not None
     feed = observer.feed
+    restore = _cuts_bytes_out(call)  # the agent asked for the usage: it takes its traces out
     call.reading = True
     try:
         async for chunk in source:
@@ -105,11 +109,11 @@ async def _observe_async(
                 call.on_first_chunk()
             out = feed(chunk)
             if out:
-                yield out
+                yield without_null_usage(out) if restore else out
             call.reading = True
         rest = observer.flush()
         if rest:
-            yield rest
+            yield without_null_usage(rest) if restore else rest
     except GeneratorExit:
         call.finish_stream("closed")
         raise

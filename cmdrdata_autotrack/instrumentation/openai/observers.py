@@ -70,6 +70,28 @@ _USAGE_OBJECT = re.compile(rb'"usage"' + _GAP + rb":" + _GAP + rb"\{")
 _OBJECT_VALUE = re.compile(_GAP + rb":" + _GAP + rb"\{").match
 ESCAPED_KEY_EVENTS = 16  # how many last events are parsed for a "usage" key spelled with escapes
 _EMPTY_ARRAY = re.compile(rb"\[(?:[\s\]]|\Z)").search  # "[" then "]", whitespace or the end
+# The "usage": null member every other chunk carries once include_usage is asked for, as
+# OpenAI writes it, and in any other spelling on one line: after a comma, or first in its
+# object. In valid JSON an unescaped quote is never inside a string: a match is a member.
+_NULL_USAGE = b',"usage":null'
+_NULL_USAGE_SPELLED = re.compile(
+    rb',[ \t]*"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])|(?<=\{)[ \t]*"usage"[ \t]*:[ \t]*null[ \t]*,'
+)
+
+
+def without_null_usage(data: bytes) -> bytes:
+    """``data`` without the ``"usage": null`` members ``include_usage`` added to its chunks.
+
+    The SDK would otherwise hand the app chunks whose ``to_dict()`` and ``to_json()``
+    show a ``usage`` the app never asked for (and spend time parsing it). One split
+    across two reads is left as it is.
+    """
+    if b'"usage"' not in data:
+        return data
+    data = data.replace(_NULL_USAGE, b"")
+    return _NULL_USAGE_SPELLED.sub(b"", data) if b'"usage"' in data else data
+
+
 _DECODER = json.JSONDecoder()
 
 
