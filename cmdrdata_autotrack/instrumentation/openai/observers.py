@@ -71,25 +71,48 @@ _OBJECT_VALUE = re.compile(_GAP + rb":" + _GAP + rb"\{").match
 ESCAPED_KEY_EVENTS = 16  # how many last events are parsed for a "usage" key spelled with escapes
 _EMPTY_ARRAY = re.compile(rb"\[(?:[\s\]]|\Z)").search  # "[" then "]", whitespace or the end
 # The "usage": null member every other chunk carries once include_usage is asked for, as
-# OpenAI writes it, and in any other spelling on one line: after a comma, or first in its
-# object. In valid JSON an unescaped quote is never inside a string: a match is a member.
+# OpenAI writes it; and its key and value in any other spelling on one line. In valid JSON
+# an unescaped quote is never inside a string: a match is a key and its value.
 _NULL_USAGE = b',"usage":null'
-_NULL_USAGE_SPELLED = re.compile(
-    rb',[ \t]*"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])|(?<=\{)[ \t]*"usage"[ \t]*:[ \t]*null[ \t]*,'
-)
+_NULL_USAGE_SPELLED = re.compile(rb'"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])')
+_COMMA_AFTER = re.compile(rb"[ \t]*,").match
 
 
 def without_null_usage(data: bytes) -> bytes:
     """``data`` without the ``"usage": null`` members ``include_usage`` added to its chunks.
 
     The SDK would otherwise hand the app chunks whose ``to_dict()`` and ``to_json()``
-    show a ``usage`` the app never asked for (and spend time parsing it). One split
-    across two reads is left as it is.
+    show a ``usage`` the app never asked for (and spend time parsing it). OpenAI's own
+    spelling costs one byte search; another is looked for only in data without it. One
+    split across two reads is left as it is.
     """
-    if b'"usage"' not in data:
+    out = data.replace(_NULL_USAGE, b"")
+    if len(out) != len(data) or b'"usage"' not in out:
+        return out
+    return _without_spelled_null_usage(out)
+
+
+def _without_spelled_null_usage(data: bytes) -> bytes:
+    """A member taken out with the comma before it, or, first in its object, the one after."""
+    kept: list[bytes] = []
+    done = 0  # data[:done] is settled
+    for match in _NULL_USAGE_SPELLED.finditer(data):
+        start, stop = match.span()
+        before = start
+        while before > done and data[before - 1] in b" \t":
+            before -= 1
+        if before > done and data[before - 1] == 44:  # ","
+            cut = (before - 1, stop)
+        elif before > done and data[before - 1] == 123 and (after := _COMMA_AFTER(data, stop)):
+            cut = (start, after.end())  # "{": first in its object
+        else:
+            continue
+        kept.append(data[done : cut[0]])
+        done = cut[1]
+    if not kept:
         return data
-    data = data.replace(_NULL_USAGE, b"")
-    return _NULL_USAGE_SPELLED.sub(b"", data) if b'"usage"' in data else data
+    kept.append(data[done:])
+    return b"".join(kept)
 
 
 _DECODER = json.JSONDecoder()
