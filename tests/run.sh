@@ -69,11 +69,9 @@ fi
 #   suite, with coverage, as before. `@pytest.mark.drives_sdk` takes one test of such a module
 #   back into every run, and conftest fails an sdk_independent test that uses an SDK client
 #   fixture, meters a call or sends the fake OpenAI API an SDK request.
-# The three runs go side by side: they wait on subprocesses and servers more than they
-# compute, so on 2 CPUs all three take well under the sum of each alone (CI stays within its
-# 20 minutes). They share nothing: each has its own temp folder (--basetemp) and state
-# folder (conftest), every server takes a free port, and only the newest's run writes
-# coverage. The newest's output comes as it runs, the older ones' when all have ended.
+# The older SDKs' runs go side by side: they wait on subprocesses and servers more than they
+# compute, so on 2 CPUs both take about 1.5 times one. They share nothing: each has its own
+# temp folder (--basetemp) and state folder (conftest), every server takes a free port.
 # CMDRDATA_TEST_PARALLEL=0 runs them one after the other.
 PARALLEL=${CMDRDATA_TEST_PARALLEL:-1}
 # The coverage floor only rises (see CHANGELOG); subprocesses are measured too.
@@ -106,16 +104,8 @@ for range in $SDK_RANGES; do
     sdk_tests "$range" || status=$?
   fi
 done
-[ -z "$pids" ] || echo "== tests under the older SDKs, side by side (their output follows at the end)"
-
-# The whole suite under the newest SDK, with coverage.
-venv=$(venv_of "$last")
-echo "== tests with openai $(version_in "$venv") (all of them, with coverage)"
-rm -f .coverage .coverage.*
-"$venv/bin/python" -m pytest -q tests --cov --cov-report=term \
-  --cov-fail-under="$COVERAGE_FLOOR" || status=$?
-
 if [ -n "$pids" ]; then
+  echo "== tests under the older SDKs, side by side (their output follows when they end)"
   for pid in $pids; do
     wait "$pid" || status=$?
   done
@@ -123,4 +113,11 @@ if [ -n "$pids" ]; then
     [ "$range" = "$last" ] || cat "$work/$(basename "$(venv_of "$range")").log"
   done
 fi
+
+# The whole suite under the newest SDK, with coverage.
+venv=$(venv_of "$last")
+echo "== tests with openai $(version_in "$venv") (all of them, with coverage)"
+rm -f .coverage .coverage.*
+"$venv/bin/python" -m pytest -q tests --cov --cov-report=term \
+  --cov-fail-under="$COVERAGE_FLOOR" || status=$?
 exit $status
