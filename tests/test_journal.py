@@ -6,12 +6,18 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from cmdrdata_autotrack.export import journal as journal_module
 from cmdrdata_autotrack.export.journal import SEGMENT_BYTES, Journal, read_segment
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 # None of these tests drives the openai SDK: newest SDK only (see tests/run.sh).
 pytestmark = pytest.mark.sdk_independent
@@ -243,3 +249,114 @@ def _run_script(script: str, folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=120
     )
+
+
+class _HeldClose:
+    """``_Segment.close`` held at its start until released, noting which thread closed what."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.closed_by: list[int] = []
+        close = journal_module._Segment.close
+
+        def held(segment: journal_module._Segment) -> None:
+            self.closed_by.append(threading.get_ident())
+            self.entered.set()
+            if not self.release.wait(30):
+                raise AssertionError("never released")
+            close(segment)
+
+        monkeypatch.setattr(journal_module._Segment, "close", held)
+
+
+def test_lines_are_appended_while_a_segment_is_being_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a segment (unmapping and cutting it) takes the background thread hundreds
+    of microseconds: the app's thread never waits for it."""
+    journal = Journal(tmp_path, 10**9, HEADER)
+    assert journal.append(line(0))
+    held = _HeldClose(monkeypatch)
+    rotating = threading.Thread(target=journal.rotate)
+    rotating.start()
+    try:
+        assert held.entered.wait(30)
+        appended = threading.Event()
+        appender = threading.Thread(target=lambda: journal.append(line(1)) and appended.set())
+        appender.start()
+        assert appended.wait(30), "an append waited for a segment being closed"
+        appender.join()
+        # the segment being closed is still this process's: never ready, and waited for
+        assert [path for path, fd in journal.ready_segments() if os.close(fd) is None] == []
+        assert len(journal.unimported()) == 1
+    finally:
+        held.release.set()
+        rotating.join()
+    journal.rotate()
+    ready = [path for path, fd in journal.ready_segments() if os.close(fd) is None]
+    assert sorted(entry for path in ready for entry in read(path)[1]) == [
+        line(0).rstrip(b"\n"),
+        line(1).rstrip(b"\n"),
+    ]
+
+
+def test_a_full_segment_is_set_aside_by_the_app_and_closed_by_the_next_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 8192)
+    journal = Journal(tmp_path, 10**9, HEADER)
+    held = _HeldClose(monkeypatch)
+    held.release.set()
+    lines = [line(i, 1000) for i in range(30)]  # about four segments' worth
+    for item in lines:
+        assert journal.append(item)
+    assert held.closed_by == []  # the app's thread closed none of them
+    assert len(journal.unimported()) >= 3  # set aside: waited for by a flush
+    rotating = threading.Thread(target=journal.rotate)
+    rotating.start()
+    rotating.join()
+    assert len(held.closed_by) >= 4 and set(held.closed_by) == {rotating.ident}
+    ready = [path for path, fd in journal.ready_segments() if os.close(fd) is None]
+    assert len(ready) == len(held.closed_by)
+    assert sorted(entry for path in ready for entry in read(path)[1]) == sorted(
+        item.rstrip(b"\n") for item in lines
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or fcntl is None, reason="fork and flock only")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # a fork with threads (3.12+)
+def test_a_child_forked_while_a_segment_is_closed_lets_go_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child gets a copy of the descriptor being closed: it must close it, or the
+    segment's lock would stay held, and its events unimported, for as long as it lives."""
+    journal = Journal(tmp_path, 10**9, HEADER)
+    assert journal.append(line(0))
+    (path,) = segments(tmp_path)
+    held = _HeldClose(monkeypatch)
+    rotating = threading.Thread(target=journal.rotate)
+    rotating.start()
+    assert held.entered.wait(30)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its after-fork hooks have run
+        os.write(ready_w, b"r")
+        os.read(go_r, 1)  # lives until the parent has looked
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        held.release.set()
+        rotating.join()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the child holds it
+        finally:
+            os.close(fd)
+    finally:
+        held.release.set()
+        os.write(go_w, b"g")
+        _, status = os.waitpid(pid, 0)
+        for end in (ready_r, ready_w, go_r, go_w):
+            os.close(end)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -10,7 +10,8 @@ disk beforehand (``posix_fallocate``), so a full disk refuses the segment, never
 line (a write to a mapped page without space would kill the process); where that
 is not possible, segments are plain files appended with ``write``. A line's
 newline is copied last: a line cut short by a kill has none and is skipped. The
-background thread prepares the next segment ahead of time and moves closed
+background thread prepares the next segment ahead of time, closes the segments
+written (a full one is only set aside by the app's thread), and moves closed
 journal segments into the shared spool (or the ledger).
 
 Each process writes its own segment file ``<pid>-<nanos>.jsonl`` and holds an
@@ -92,7 +93,8 @@ class _Segment:
                 self.map.close()
                 os.ftruncate(self.fd, self.pos)
         finally:
-            os.close(self.fd)
+            fd, self.fd = self.fd, -1  # closed: a child forked from now on has no copy
+            os.close(fd)
 
     def remove(self) -> None:
         """Delete it (a segment that holds no event) and close it."""
@@ -106,7 +108,9 @@ class _Segment:
         """In a forked child: let go of the parent's segment without touching its file."""
         if self.map is not None:
             self.map.close()  # the child's mapping only; the parent's stays
-        os.close(self.fd)  # the parent's descriptor keeps the lock
+        if self.fd >= 0:  # (the parent's thread may have been closing it at the fork)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # the parent's descriptor keeps the lock
 
 
 class Journal:
@@ -120,6 +124,11 @@ class Journal:
         self._lock = threading.Lock()
         self._segment: _Segment | None = None  # the one lines go to
         self._spare: _Segment | None = None  # the next one, prepared off the app's thread
+        # Segments no longer written and not closed yet. Closing one (unmapping and cutting
+        # it) takes hundreds of microseconds, so it is done by rotate() without the lock
+        # every line takes: the app's thread only sets a full segment aside.
+        self._retired: list[_Segment] = []
+        self._closing: list[_Segment] = []  # being closed by a rotate() right now
         self._written = 0  # bytes in this process's segments that are not imported yet
         self._closed: dict[Path, int] = {}  # this process's closed segments, with their size
         self._paths: set[Path] = set()  # the open and the spare segment: never ready to import
@@ -145,8 +154,9 @@ class Journal:
 
     def _next_segment(self, size: int) -> _Segment:
         """The segment for a line of ``size`` bytes: the spare, or a new one (lock held)."""
-        if self._segment is not None:  # full: it is ready to import
-            self._close_segment()
+        if self._segment is not None:  # full: closed by the next rotate(), off this thread
+            self._retired.append(self._segment)
+            self._segment = None
         segment, self._spare = self._spare, None
         if segment is None or not segment.room(size):
             if segment is not None:
@@ -180,17 +190,6 @@ class Journal:
         self._written += len(self._header)
         self._paths.add(segment.path)
         return segment
-
-    def _close_segment(self) -> None:
-        segment, self._segment = self._segment, None
-        if segment is None:
-            return
-        try:
-            segment.close()
-        finally:
-            self._paths.discard(segment.path)
-            self._closed[segment.path] = segment.pos
-            self._last_size = segment.pos
 
     def _discard(self, segment: _Segment) -> None:
         """A spare that holds no event: removed, its header no longer counted."""
@@ -230,19 +229,39 @@ class Journal:
         """In a forked child: the parent's segments are the parent's. Start afresh (the lock
         too: a parent's thread may have held it)."""
         self._lock = threading.Lock()
-        for segment in (self._segment, self._spare):
+        for segment in (self._segment, self._spare, *self._retired, *self._closing):
             if segment is not None:
                 segment.forget()
         self._segment = self._spare = None
+        self._retired, self._closing = [], []
         self._written, self._writes = 0, False
         self._closed, self._paths = {}, set()
 
     # --- the background side: rotate and read ----------------------------------------------
 
     def rotate(self) -> None:
-        """Close the current segment (releasing its lock) so it can be imported."""
+        """Close the current segment and those set aside full (releasing their locks) so
+        they can be imported. They are closed outside the lock: the app's thread may
+        append meanwhile, to the spare or a new segment."""
         with self._lock:
-            self._close_segment()
+            if self._segment is not None:
+                self._retired.append(self._segment)
+                self._segment = None
+            closing, self._retired = self._retired, []
+            self._closing += closing
+        failure: Exception | None = None
+        for segment in closing:
+            try:
+                segment.close()
+            except Exception as exc:  # the others are closed all the same
+                failure = failure or exc
+            with self._lock:
+                self._closing.remove(segment)
+                self._paths.discard(segment.path)
+                self._closed[segment.path] = segment.pos
+                self._last_size = segment.pos
+        if failure is not None:
+            raise failure
 
     def ready_segments(self) -> Iterator[tuple[Path, int]]:
         """Segments nobody is writing, each with an open locked descriptor (caller closes)."""
@@ -288,7 +307,7 @@ class Journal:
         """This process's closed segments still in the journal (another importer, or this
         process's own thread, may be moving them right now)."""
         with self._lock:
-            closed = list(self._closed)
+            closed = [*self._closed, *(s.path for s in (*self._retired, *self._closing))]
         return [path for path in closed if path.exists()]
 
 
