@@ -176,6 +176,18 @@ def chat_completion() -> bytes:
     )
 
 
+def http_chunks(body: bytes) -> list[bytes]:
+    """The chunks of a body in HTTP/1.1 chunked encoding (as :func:`_sse_chunked` writes it)."""
+    chunks, pos = [], 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return chunks
+        chunks.append(body[end + 2 : end + 2 + size])
+        pos = end + 2 + size + 2
+
+
 def chat_stream(content_chunks: int, include_usage: bool) -> bytes:
     """A chat stream: a role chunk, ``content_chunks`` one-word chunks, a finish chunk,
     the usage chunk when asked for, and ``[DONE]``."""
@@ -287,6 +299,13 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self.requests = 0
         self.server = LoopbackServer(self.handle, port)
+
+    @classmethod
+    def answers(cls) -> Handler:
+        """Its answers without a server (for a transport in the client's own process)."""
+        fake = cls.__new__(cls)
+        fake._cache, fake._lock, fake.requests = {}, threading.Lock(), 0
+        return fake.handle
 
     @property
     def base_url(self) -> str:

@@ -10,6 +10,12 @@ first, so that going second (warmer caches) favours neither. What it does not co
 the importer and the senders (other threads), and the wrapper's own check of
 ``track_usage``, which both calls pay.
 
+``--transport memory`` gives the SDK's ``httpx`` client a transport that answers in
+this process, from the fake's own answers, chunk by chunk as the loopback server
+sends them: no socket, no other process between the two calls of a pair, so what is
+left is what the agent costs in the process. The streams (``stream20``,
+``stream200``) give the added CPU per chunk as the slope of their medians.
+
 Run it with the benchmark virtualenv's interpreter (``run.py`` makes it; it holds
 this repository, editable): ``benchmarks/.venv-peers/bin/python benchmarks/pairs.py``.
 The fakes run in a process of their own; usage is delivered to the fake events API
@@ -35,12 +41,29 @@ SERVE = (
     "api = fakes.FakeOpenAI().start(); ingest = fakes.FakeIngest().start(); "
     "print(api.base_url, ingest.url, flush=True); sys.stdin.read()"
 )
-WORKLOADS = ("chat", "responses", "embeddings")
+WORKLOADS = ("chat", "responses", "embeddings", "stream20", "stream200")
+STREAM_CHUNKS = {"stream20": 20, "stream200": 200}  # content chunks (the fake's max_tokens)
 
 
 def _calls(client: Any) -> dict[str, Callable[[bool], Any]]:
     messages = [{"role": "user", "content": "hi"}]
+
+    def stream(chunks: int) -> Callable[[bool], None]:
+        def call(track: bool) -> None:
+            for _ in client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=messages,
+                stream=True,
+                max_tokens=chunks,
+                customer_id="acme",
+                track_usage=track,
+            ):
+                pass
+
+        return call
+
     return {
+        **{name: stream(chunks) for name, chunks in STREAM_CHUNKS.items()},
         "chat": lambda track: client.chat.completions.create(
             model="gpt-4o-mini", messages=messages, customer_id="acme", track_usage=track
         ),
@@ -53,12 +76,45 @@ def _calls(client: Any) -> dict[str, Callable[[bool], Any]]:
     }
 
 
+def memory_transport() -> Any:
+    """An ``httpx`` transport serving the fake OpenAI API's answers in this process."""
+    import httpx
+
+    sys.path.insert(0, str(HERE))
+    import fakes
+
+    answer = fakes.FakeOpenAI.answers()
+
+    class Chunks(httpx.SyncByteStream):
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = chunks
+
+        def __iter__(self) -> Any:
+            return iter(self.chunks)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode()
+        status, body, kind, chunked = answer("POST", path, dict(request.headers), request.read())
+        headers = {"content-type": kind}
+        if chunked:  # as the loopback server sends it: one read per HTTP chunk
+            return httpx.Response(status, headers=headers, stream=Chunks(fakes.http_chunks(body)))
+        return httpx.Response(status, headers=headers, content=body)
+
+    return httpx.MockTransport(handle)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", action="append", choices=WORKLOADS)
     parser.add_argument("--calls", type=int, default=3000, help="pairs per workload")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--ledger", action="store_true", help="no API key: the local ledger")
+    parser.add_argument(
+        "--transport",
+        choices=("loopback", "memory"),
+        default="loopback",
+        help="how the SDK reaches the fake API: a loopback server, or in this process",
+    )
     args = parser.parse_args()
 
     server = subprocess.Popen(
@@ -83,11 +139,17 @@ def main() -> int:
             stream_usage="always",  # as run.py's agent
             shutdown_timeout=2,
         )
-        client = openai.OpenAI(base_url=base_url, api_key="sk-benchmark", max_retries=0)
+        http: dict[str, Any] = {}
+        if args.transport == "memory":
+            import httpx
+
+            http["http_client"] = httpx.Client(transport=memory_transport())
+        client = openai.OpenAI(base_url=base_url, api_key="sk-benchmark", max_retries=0, **http)
         calls = _calls(client)
         clock = time.thread_time_ns
         print("| workload | pairs | median µs | 25th percentile | 75th percentile |")
         print("| --- | --- | --- | --- | --- |")
+        medians: dict[str, float] = {}
         for name in args.workload or WORKLOADS:
             call = calls[name]
             for _ in range(args.warmup):
@@ -105,10 +167,16 @@ def main() -> int:
                 added.append(tracked - untracked)
             added.sort()
             quartile = len(added) // 4
+            medians[name] = statistics.median(added) / 1000
             print(
                 f"| {name} | {len(added)} | {statistics.median(added) / 1000:.1f} "
                 f"| {added[quartile] / 1000:.1f} | {added[-quartile - 1] / 1000:.1f} |"
             )
+        if STREAM_CHUNKS.keys() <= medians.keys():
+            slope = (medians["stream200"] - medians["stream20"]) / (
+                STREAM_CHUNKS["stream200"] - STREAM_CHUNKS["stream20"]
+            )
+            print(f"\nstreams: {slope:.2f} µs per chunk (the medians' slope, 20 to 200 chunks)")
         if not cmdrdata_autotrack.flush(60):
             print("cmdrdata_autotrack.flush() timed out", file=sys.stderr)
             return 1
