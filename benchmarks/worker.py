@@ -403,12 +403,14 @@ def run_calls(args: argparse.Namespace) -> dict[str, Any]:
             before = delivered()
             threads = thread_cpu_ns()
             clock, perf = time.process_time, time.perf_counter
+            calling0 = time.thread_time_ns()
             cpu0 = clock()
             for _ in range(n):
                 started = perf()
                 call()
                 walls.append(perf() - started)
             cpu1 = clock()
+            calling1 = time.thread_time_ns()  # the calls alone: what the app's thread pays
             flush_started = perf()
             candidate.flush()
             flush_wall = perf() - flush_started
@@ -425,6 +427,7 @@ def run_calls(args: argparse.Namespace) -> dict[str, Any]:
                     "flush_ms": flush_wall * 1e3,
                     "events_per_call": (after - before) / n,
                     "cpu_calling_us": by_thread.get("calling", 0.0),
+                    "cpu_calling_calls_us": (calling1 - calling0) / n / 1000,
                     "cpu_threads_us": by_thread,
                 }
             )
