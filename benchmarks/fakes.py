@@ -295,16 +295,19 @@ class FakeOpenAI:
     """The OpenAI API on loopback; answers are rendered once per shape and cached."""
 
     def __init__(self, port: int = 0) -> None:
+        self._start_answering()
+        self.server = LoopbackServer(self.handle, port)
+
+    def _start_answering(self) -> None:
         self._cache: dict[tuple[Any, ...], Reply] = {}
         self._lock = threading.Lock()
         self.requests = 0
-        self.server = LoopbackServer(self.handle, port)
 
     @classmethod
     def answers(cls) -> Handler:
         """Its answers without a server (for a transport in the client's own process)."""
         fake = cls.__new__(cls)
-        fake._cache, fake._lock, fake.requests = {}, threading.Lock(), 0
+        fake._start_answering()
         return fake.handle
 
     @property

@@ -154,9 +154,7 @@ class Journal:
 
     def _next_segment(self, size: int) -> _Segment:
         """The segment for a line of ``size`` bytes: the spare, or a new one (lock held)."""
-        if self._segment is not None:  # full: closed by the next rotate(), off this thread
-            self._retired.append(self._segment)
-            self._segment = None
+        self._retire_segment()  # full: closed by the next rotate(), off this thread
         segment, self._spare = self._spare, None
         if segment is None or not segment.room(size):
             if segment is not None:
@@ -190,6 +188,12 @@ class Journal:
         self._written += len(self._header)
         self._paths.add(segment.path)
         return segment
+
+    def _retire_segment(self) -> None:
+        """Set the current segment aside for rotate() to close (lock held)."""
+        if self._segment is not None:
+            self._retired.append(self._segment)
+            self._segment = None
 
     def _discard(self, segment: _Segment) -> None:
         """A spare that holds no event: removed, its header no longer counted."""
@@ -244,9 +248,7 @@ class Journal:
         they can be imported. They are closed outside the lock: the app's thread may
         append meanwhile, to the spare or a new segment."""
         with self._lock:
-            if self._segment is not None:
-                self._retired.append(self._segment)
-                self._segment = None
+            self._retire_segment()
             closing, self._retired = self._retired, []
             self._closing += closing
         failure: Exception | None = None
