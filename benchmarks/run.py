@@ -329,6 +329,12 @@ def ensure_venv(venv: Path, install: bool, source: Path = REPO) -> Path:
         REQUIREMENTS.read_bytes()
         + str(source).encode()
         + (source / "pyproject.toml").read_bytes()
+        # installed as a copy (bin/cmdrdata-run), not linked like an editable package
+        + (
+            (source / "scripts" / "cmdrdata-run").read_bytes()
+            if (source / "scripts").exists()
+            else b""
+        )
         # the version is read from here at install: a new one needs the metadata remade
         + (source / "cmdrdata_autotrack" / "_version.py").read_bytes()
     ).hexdigest()

@@ -1,16 +1,27 @@
-"""``cmdrdata-autotrack COMMAND``: report and reconcile usage, check the set-up, flush the spool."""
+"""``cmdrdata-autotrack COMMAND``: report and reconcile usage, check the set-up, flush the spool.
+
+``cmdrdata-autotrack run ...`` is the Python launcher, ``cmdrdata-run``'s answer to any
+command line its shell script leaves to Python (options, ``--help``, a command not
+found): it is read before anything else is imported, so it costs what the launcher
+costs.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 
-from .._version import __version__
-from . import doctor, flush, reconcile, report
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from .._version import __version__
+    from . import doctor, flush, reconcile, report
+
     parser = argparse.ArgumentParser(
         prog="cmdrdata-autotrack",
         description="Operate the cmdrdata usage-metering agent. "
@@ -18,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cmdrdata-autotrack {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(  # read by main() before argparse: listed here for --help
+        "run",
+        help="run COMMAND with metering: the same as cmdrdata-run [options] [--] COMMAND",
+        add_help=False,
+    )
     report.add_parser(commands)
     reconcile.add_parser(commands)
     doctor.add_parser(commands)
@@ -30,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        from ..launcher.cli import main as launch
+
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
