@@ -8,9 +8,11 @@ sees). The agent joins that provider, as it does in production.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import ipaddress
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -37,8 +39,10 @@ from fake_openai import FakeOpenAI, start_server
 REQUIRE_SYSTEM_TOOLS = os.environ.get("CMDRDATA_REQUIRE_SYSTEM_TOOLS") == "1"
 for _name in [n for n in os.environ if n.startswith("CMDRDATA_")]:
     del os.environ[_name]
-# Never touch the user's own spool or ledger.
+# Never touch the user's own spool or ledger. Removed at exit, after the agent's own
+# exit handlers have run (registered later, so run earlier): a run leaves nothing in /tmp.
 STATE_DIR = Path(tempfile.mkdtemp(prefix="cmdrdata-tests-"))
+atexit.register(shutil.rmtree, STATE_DIR, ignore_errors=True)
 os.environ["CMDRDATA_SPOOL_DIR"] = str(STATE_DIR / "spool")
 os.environ["CMDRDATA_LEDGER_PATH"] = str(STATE_DIR / "ledger.sqlite3")
 

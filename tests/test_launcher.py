@@ -15,6 +15,7 @@ import pytest
 
 from cmdrdata_autotrack._version import __version__
 
+from conftest import STATE_DIR
 from fake_openai import FakeOpenAI
 
 BIN = Path(sys.executable).parent
@@ -61,7 +62,7 @@ def app_env(fake: FakeOpenAI, state: Path | None = None, **extra: str) -> dict[s
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         CMDRDATA_STREAM_USAGE="always",
     )
-    state = state or Path(tempfile.mkdtemp(prefix="cmdrdata-app-"))
+    state = state or Path(tempfile.mkdtemp(prefix="cmdrdata-app-", dir=STATE_DIR))
     env.update(
         CMDRDATA_SPOOL_DIR=str(state / "spool"), CMDRDATA_LEDGER_PATH=str(state / "ledger.sqlite3")
     )
