@@ -380,3 +380,136 @@ def test_batch_customer_from_custom_id_is_opt_in(
     found = events(spans)
     assert sorted(e["customer_id"] for e in found) == ["cust-1", "cust-2"]
     assert {e["customer_source"] for e in found} == {"custom_id"}
+
+
+# --- Batch output read as a stream (with_streaming_response) ---------------------------------
+
+
+def _upload(client: Any, data: bytes) -> str:
+    """A file the fake serves back as it is (an output file the test writes itself)."""
+    return str(client.files.create(file=("out.jsonl", io.BytesIO(data)), purpose="batch").id)
+
+
+def _output_line(n: int, tokens: int = 10) -> dict[str, Any]:
+    body = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [],
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2},
+    }
+    return {
+        "id": f"batch_req_{n}",
+        "custom_id": f"row-{n}",
+        "response": {"status_code": 200, "request_id": f"req_{n}", "body": body},
+        "error": None,
+    }
+
+
+def test_an_output_file_read_as_a_stream_bills_each_line_once(
+    dfake: FakeDeferred, dclient: Any, spans: Spans
+) -> None:
+    batch = _run_batch(dclient)
+    whole = dclient.files.content(batch.output_file_id).read()
+    by_read = events(spans)
+    with dclient.files.with_streaming_response.content(batch.output_file_id) as response:
+        streamed = b"".join(response.iter_bytes(chunk_size=7))  # lines cut across chunks
+    assert streamed == whole  # the app's bytes, as they are
+    found = events(spans)[len(by_read) :]
+    assert [(e["input_tokens"], e["output_tokens"], e["service_tier"]) for e in found] == [
+        (10, 2, "batch"),
+        (10, 2, "batch"),
+    ]
+    assert {e["customer_id"] for e in found} == {"batch-owner"}  # the batch's attribution
+    assert {e["event_id"] for e in found} == {e["event_id"] for e in by_read}  # once
+    with dclient.files.with_streaming_response.content(batch.output_file_id) as response:
+        assert [json.loads(line)["custom_id"] for line in response.iter_lines()] == [
+            "cust-1::req-1",
+            "cust-2::req-2",
+        ]
+    assert len(events(spans)) == 6
+
+
+async def test_an_output_file_read_as_an_async_stream_is_billed(
+    dfake: FakeDeferred, dclient: Any, daclient: Any, spans: Spans
+) -> None:
+    batch = _run_batch(dclient)
+    async with daclient.files.with_streaming_response.content(batch.output_file_id) as response:
+        chunks = [chunk async for chunk in response.iter_bytes(chunk_size=5)]
+    assert len(chunks) > 2
+    found = events(spans)
+    assert len(found) == 2 and {e["service_tier"] for e in found} == {"batch"}
+
+
+def test_a_stream_closed_early_bills_the_lines_read_whole(
+    dfake: FakeDeferred, dclient: Any, spans: Spans
+) -> None:
+    lines = [json.dumps(_output_line(n, tokens=n)).encode() for n in (1, 2, 3)]
+    file_id = _upload(dclient, b"\n".join(lines))  # no "\n" after the last line
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        chunks = response.iter_bytes(chunk_size=len(lines[0]) + 10)
+        next(chunks)  # the first line and a piece of the second
+        next(chunks)  # the second line ends in this one
+    first = events(spans)
+    assert [e["input_tokens"] for e in first] == [1, 2]
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        response.read()  # to the end: the last line, with no "\n", is read too
+    again = events(spans)[2:]
+    assert [e["input_tokens"] for e in again] == [1, 2, 3]
+    assert [e["event_id"] for e in again][:2] == [e["event_id"] for e in first]
+
+
+def test_odd_lines_in_a_streamed_output_file_are_counted_not_billed(
+    dfake: FakeDeferred, dclient: Any, spans: Spans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmdrdata_autotrack.instrumentation.openai import deferred
+    from cmdrdata_autotrack.telemetry import metrics
+    from cmdrdata_autotrack.usage import batch_extract
+
+    # a line longer than any output line is skipped, as a read file's is
+    monkeypatch.setattr(deferred, "MAX_LINE", 4000)
+    monkeypatch.setattr(batch_extract, "MAX_LINE", 4000)
+    long_line = json.dumps({**_output_line(9), "padding": "x" * 6000}).encode()
+    data = b"\n".join(
+        [
+            json.dumps(_output_line(1)).encode(),
+            b"{not json",
+            long_line,
+            json.dumps({"custom_id": "no-response"}).encode(),
+            json.dumps(_output_line(2)).encode(),
+        ]
+    )
+    file_id = _upload(dclient, data + b"\n")
+    before = metrics.snapshot().get("batch_output_bad_lines", 0)
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        for _ in response.iter_bytes(chunk_size=1000):
+            pass
+    assert [e["response_id"] for e in events(spans)] == ["chatcmpl-1", "chatcmpl-2"]
+    assert metrics.snapshot()["batch_output_bad_lines"] == before + 2
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        assert b"".join(response.iter_bytes()) == data + b"\n"  # unchanged for the app
+
+
+def test_another_kind_of_file_read_as_a_stream_bills_nothing(
+    dfake: FakeDeferred, dclient: Any, spans: Spans
+) -> None:
+    from cmdrdata_autotrack.telemetry import metrics
+
+    text = b"".join(b'{"messages": [{"role": "user", "content": "hi"}]}\n' for _ in range(3000))
+    file_id = _upload(dclient, text)  # a fine-tuning file: no custom_id in its first 64 KiB
+    before = metrics.snapshot().get("batch_output_bad_lines", 0)
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        assert response.read() == text
+    assert events(spans) == []
+    assert metrics.snapshot().get("batch_output_bad_lines", 0) == before
+
+
+def test_an_output_file_streamed_to_disk_is_billed(
+    dfake: FakeDeferred, dclient: Any, spans: Spans, tmp_path: Path
+) -> None:
+    batch = _run_batch(dclient)
+    with dclient.files.with_streaming_response.content(batch.output_file_id) as response:
+        response.stream_to_file(tmp_path / "out.jsonl", chunk_size=11)
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2
+    assert [e["service_tier"] for e in events(spans)] == ["batch", "batch"]

@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .observers import SSEObserver, without_null_usage
 
-if TYPE_CHECKING:
-    from .call import MeteredCall
+
+class Tapped(Protocol):
+    """What reads a tapped body: a metered call (``call.MeteredCall``), or a batch output
+    file the app reads as a stream (``deferred.OutputReading``)."""
+
+    observer: Any  # feed(bytes) -> bytes, flush() -> bytes (None before a call's response)
+    reading: bool
+    first_chunk_at: float | None
+
+    def on_first_chunk(self) -> None: ...
+
+    def finish_stream(self, outcome: str, exc: BaseException | None = None) -> None: ...
 
 
-def _cuts_bytes_out(call: MeteredCall) -> bool:
+def _cuts_bytes_out(call: Tapped) -> bool:
     """Whether the observer may leave bytes out (so a chunk size is applied after it)."""
     return isinstance(call.observer, SSEObserver) and call.observer.hide_usage_chunk
 
@@ -65,7 +75,7 @@ async def _rechunk_async(source: AsyncGenerator[bytes, None], size: int) -> Asyn
         await source.aclose()
 
 
-def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Generator[bytes, None, None]:
+def _observe_sync(source: Iterator[bytes], call: Tapped) -> Generator[bytes, None, None]:
     observer = call.observer
     assert observer is not None
     feed = observer.feed
@@ -94,9 +104,7 @@ def _observe_sync(source: Iterator[bytes], call: MeteredCall) -> Generator[bytes
     call.finish_stream("completed")
 
 
-async def _observe_async(
-    source: AsyncIterator[bytes], call: MeteredCall
-) -> AsyncGenerator[bytes, None]:
+async def _observe_async(source: AsyncIterator[bytes], call: Tapped) -> AsyncGenerator[bytes, None]:
     observer = call.observer
     assert observer is not None
     feed = observer.feed
@@ -125,7 +133,7 @@ async def _observe_async(
     call.finish_stream("completed")
 
 
-def tap_sync(response: Any, call: MeteredCall) -> None:
+def tap_sync(response: Any, call: Tapped) -> None:
     cls = type(response)
 
     def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
@@ -145,7 +153,7 @@ def tap_sync(response: Any, call: MeteredCall) -> None:
     weakref.finalize(response, call.finish_stream, "abandoned")
 
 
-def tap_async(response: Any, call: MeteredCall) -> None:
+def tap_async(response: Any, call: Tapped) -> None:
     cls = type(response)
 
     def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:

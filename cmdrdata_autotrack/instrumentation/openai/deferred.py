@@ -39,13 +39,14 @@ from ...attribution.resolve import Attribution, resolve
 from ...export.pending import PendingStore, store_for
 from ...paths import spool_location
 from ...telemetry import metrics
-from ...telemetry.logging import error_once, warn_once
+from ...telemetry.logging import error_once
 from ...usage import attributes as A
 from ...usage import extract
 from ...usage import work as W
-from ...usage.batch_extract import BatchLine, read_output
+from ...usage.batch_extract import MAX_LINE, BatchLine, read_output
 from ...usage.model import MISSING_USAGE, ResponseInfo
 from . import request as R
+from .body_tap import tap_async, tap_sync
 from .endpoints import Endpoint
 from .observers import SSEObserver
 
@@ -177,7 +178,9 @@ def _carried(attributes: Any) -> dict[str, Any]:
 # --- sightings: responses and runs the app fetches ----------------------------------------
 
 
-def begin(runtime: Runtime, client: Any, hook: dict[str, Any], path: str) -> MeteredCall | None:
+def begin(
+    runtime: Runtime, client: Any, hook: dict[str, Any], path: str, is_async: bool = False
+) -> MeteredCall | None:
     """The metering of a response of deferred work, or ``None`` (handled here, or not ours)."""
     response: Any = hook["response"]
     method = response.request.method
@@ -186,7 +189,7 @@ def begin(runtime: Runtime, client: Any, hook: dict[str, Any], path: str) -> Met
         return None
     kind, ids = found
     if kind.startswith("batch") or kind == "file_content":
-        _batch_sighting(runtime, client, kind, ids, response)
+        _batch_sighting(runtime, client, kind, ids, response, is_async)
         return None
     endpoint = RUN if kind.startswith("run") else RESPONSE_READ
     if kind == "response_cancel":
@@ -356,12 +359,17 @@ def _json_body(response: Any) -> Any:
 
 
 def _batch_sighting(
-    runtime: Runtime, client: Any, kind: str, ids: tuple[str, ...], response: Any
+    runtime: Runtime,
+    client: Any,
+    kind: str,
+    ids: tuple[str, ...],
+    response: Any,
+    is_async: bool = False,
 ) -> None:
     if not 200 <= response.status_code < 300:
         return
     if kind == "file_content":
-        _meter_output(runtime, client, ids[0], response)
+        _meter_output(runtime, client, ids[0], response, is_async)
         return
     body = _json_body(response)
     batch_id = extract.text(extract.field(body, "id"), 128)
@@ -390,20 +398,114 @@ def _batch_customer(custom_id: str | None, mode: str | None) -> tuple[str, str] 
     return (customer[:256], "custom_id") if customer else None
 
 
-def _meter_output(runtime: Runtime, client: Any, file_id: str, response: Any) -> None:
+# An output file names "custom_id" on its first line; a file that does not within its
+# first 64 KiB is another kind of file (an input file, a fine-tuning file): not read.
+_OUTPUT_MARK = b'"custom_id"'
+_OUTPUT_HEAD = 65536
+
+
+def _meter_output(
+    runtime: Runtime, client: Any, file_id: str, response: Any, is_async: bool = False
+) -> None:
     try:
         data = response.content
-    except Exception:  # read through with_streaming_response: the app reads it, not the agent
-        metrics.increment("batch_output_unread")
-        warn_once(
-            "batch-output-stream",
-            "cmdrdata: a batch output file read as a stream is not metered; counted in "
-            "batch_output_unread (read it with files.content() to meter its lines)",
-        )
+    except Exception:  # with_streaming_response: read as the app reads it (OutputReading)
+        reading = OutputReading(runtime, client, file_id)
+        (tap_async if is_async else tap_sync)(response, reading)
         return
-    if b'"custom_id"' not in data[:65536]:
+    if _OUTPUT_MARK not in data[:_OUTPUT_HEAD]:
         return  # not an output file
     lines, bad = read_output(data)
+    _bill_output(runtime, client, file_id, lines, bad)
+
+
+class OutputReading:
+    """A batch output file the app reads as a stream (``with_streaming_response``): its
+    lines are read as its bytes pass on to the app (:mod:`.body_tap`, nothing held but a
+    line not ended yet), and billed when the body ends. A body closed or dropped before
+    its end bills the lines read whole; the rest are billed when the file is read again
+    (each line once, keyed by its own id)."""
+
+    def __init__(self, runtime: Runtime, client: Any, file_id: str) -> None:
+        self.runtime, self.client, self.file_id = runtime, client, file_id
+        self.observer = self
+        self.reading = False
+        self.first_chunk_at: float | None = None
+        self.lines: list[BatchLine] = []
+        self.bad = 0
+        self._pending = bytearray()  # the bytes of lines not ended yet
+        self._output: bool | None = None  # an output file? (None: not known yet)
+        self._oversized = False  # inside a line longer than any output line: skipped
+        self._ended = False
+
+    def on_first_chunk(self) -> None:
+        self.first_chunk_at = 0.0  # (no time to first chunk on a file's span)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._output is not False:
+            try:
+                self._take(chunk)
+            except Exception:  # never the app's concern: this file's lines stay unbilled
+                self._output = False
+                metrics.increment("batch_output_unread")
+                error_once("batch-output-read", "cmdrdata: could not read a batch output file")
+        return chunk
+
+    def flush(self) -> bytes:
+        return b""
+
+    def _take(self, chunk: bytes) -> None:
+        pending = self._pending
+        if self._oversized:
+            end = chunk.find(b"\n")
+            if end < 0:
+                return
+            self._oversized, chunk = False, chunk[end + 1 :]
+        pending += chunk
+        if self._output is None:
+            if _OUTPUT_MARK in pending:
+                self._output = True
+            elif len(pending) >= _OUTPUT_HEAD:
+                self._output = False
+                pending.clear()
+                return
+            else:
+                return
+        end = pending.rfind(b"\n")
+        if end >= 0:
+            self._read(bytes(pending[:end]))
+            del pending[: end + 1]
+        if len(pending) > MAX_LINE:  # read_output skips such a line: so does this
+            pending.clear()
+            self._oversized = True
+
+    def _read(self, data: bytes) -> None:
+        lines, bad = read_output(data)
+        self.lines += lines
+        self.bad += bad
+
+    def finish_stream(self, outcome: str, exc: BaseException | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            if outcome == "completed" and self._pending:
+                if self._output is None and _OUTPUT_MARK in self._pending:
+                    self._output = True
+                if self._output and not self._oversized:  # the last line, without "\n"
+                    self._read(bytes(self._pending))
+            self._pending.clear()
+            if self._output:
+                _bill_output(self.runtime, self.client, self.file_id, self.lines, self.bad)
+        except Exception:
+            metrics.increment("instrumentation_errors")
+            error_once("batch-output-bill", "cmdrdata: could not meter a batch output file")
+
+
+def _bill_output(
+    runtime: Runtime, client: Any, file_id: str, lines: list[BatchLine], bad: int
+) -> None:
+    """Bill an output file's lines at the batch rate, each once (keyed by its own id)."""
     if not lines:
         return
     pending = store(runtime)

@@ -62,7 +62,9 @@ def _elapsed_ns(response: Any) -> int:
         return 0
 
 
-def begin(runtime: Runtime, client: Any, hook: dict[str, Any]) -> MeteredCall | None:
+def begin(
+    runtime: Runtime, client: Any, hook: dict[str, Any], is_async: bool = False
+) -> MeteredCall | None:
     """The metering of a direct call's response, or ``None`` (not billable, or done already)."""
     response = hook.get("response")
     request = getattr(response, "request", None)
@@ -71,7 +73,7 @@ def begin(runtime: Runtime, client: Any, hook: dict[str, Any]) -> MeteredCall | 
     method = request.method
     path = relative_path(str(client.base_url.path), request.url.path)
     if deferred.route(method, path) is not None:  # usage that comes later
-        return deferred.begin(runtime, client, hook, path)
+        return deferred.begin(runtime, client, hook, path, is_async)
     endpoint = ROUTES.get((method, path))
     if endpoint is None:
         if method == "POST":

@@ -530,7 +530,7 @@ def process_response_hook(is_async: bool, runtime: Runtime | None = None) -> Wra
             return wrapped(*args, **kwargs)
         if call is not None or runtime is None or not runtime.metering:
             return wrapped(*args, **kwargs)
-        found = _begin_direct(runtime, instance, kwargs)
+        found = _begin_direct(runtime, instance, kwargs, is_async)
         if found is None:
             return wrapped(*args, **kwargs)
         found.on_http_response(kwargs.get("response"), kwargs.get("retries_taken"), is_async)
@@ -547,9 +547,11 @@ def process_response_hook(is_async: bool, runtime: Runtime | None = None) -> Wra
     return hook
 
 
-def _begin_direct(runtime: Runtime, client: Any, kwargs: dict[str, Any]) -> MeteredCall | None:
+def _begin_direct(
+    runtime: Runtime, client: Any, kwargs: dict[str, Any], is_async: bool
+) -> MeteredCall | None:
     try:
-        return direct.begin(runtime, client, kwargs)
+        return direct.begin(runtime, client, kwargs, is_async)
     except Exception:
         metrics.increment("instrumentation_errors")
         error_once("direct", "cmdrdata: could not meter a direct call")
