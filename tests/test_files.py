@@ -126,7 +126,10 @@ def test_no_home_directory_under_the_launcher_records_usage_in_a_private_temp_fo
 ) -> None:
     env = no_home_env(fake, tmp_path)
     app.write_text(KEEP_TMPDIR + APP)
-    result = run([RUN, sys.executable, str(app), "3"], env, without_passwd_entry)
+    # The Python launcher: the effective uid must stay root to read this interpreter, and
+    # /bin/sh (the cmdrdata-run script) drops to the real uid, as every shell does.
+    launcher = [str(BIN / "cmdrdata-autotrack"), "run"]
+    result = run([*launcher, sys.executable, str(app), "3"], env, without_passwd_entry)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "tmp" / f"cmdrdata-autotrack-{os.geteuid()}"
     assert mode(folder) == 0o700

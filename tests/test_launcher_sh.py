@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from test_startup import TOKENS
 
 import cmdrdata_autotrack
 from cmdrdata_autotrack.launcher import cli
@@ -179,7 +183,15 @@ def test_the_command_is_looked_up_on_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "extra"),
     [
-        (["--customer-id", "acme", "python"], {}),  # options: the Python launcher reads them
+        (["--timeout", "5", "python"], {}),  # a number: the Python launcher checks it
+        (["--cust", "acme", "python"], {}),  # an abbreviation (argparse takes it)
+        (["--customer-id", "-x", "python"], {}),  # a value like an option: argparse says
+        (["--stream-usage", "NEVER", "python"], {}),  # not a choice as written
+        (["--disabled=1", "python"], {}),
+        (["--customer-id"], {}),
+        (["--disabled"], {}),
+        (["--", "--", "python"], {}),
+        (["-", "python"], {}),
         (["--help"], {}),
         (["--version"], {}),
         ([], {}),  # no command
@@ -252,3 +264,77 @@ def test_the_script_keeps_to_posix_sh(tmp_path: Path) -> None:
     script = install(tmp_path / "venv")
     result = run([bash, "--posix", str(script), sys.executable, "-c", SHOW, "x"])
     assert shown(result)["argv"] == ["x"]
+
+
+def test_options_are_read_in_sh_as_the_python_launcher_reads_them(tmp_path: Path) -> None:
+    script = install(tmp_path / "venv")
+    argv = [
+        "--customer-id", "acme", "--stream-usage=never", "--disabled", "--log-level", "debug",
+        "--customer-id=", "--service-name", "a b", "--capture-content", "--limits", "x=y",
+        "--", sys.executable, "-c", SHOW, "--customer-id", "z",
+    ]  # fmt: skip
+    seen = shown(run([str(script), *argv]))
+    variables, command = cli.quick_parse(argv) or ({}, [])
+    assert seen["argv"] == command[3:] == ["--customer-id", "z"]
+    assert {k: v for k, v in seen["env"].items() if k in variables} == variables  # type: ignore[union-attr]
+    assert variables["CMDRDATA_CUSTOMER_ID"] == ""  # the last one wins, even if empty
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=5))
+def test_a_command_line_is_read_in_sh_or_left_to_python(
+    tmp_path_factory: pytest.TempPathFactory, words: list[str]
+) -> None:
+    """Whatever the options, the script runs the command with exactly the variables and
+    arguments the Python launcher would give it, or leaves the command line to it; it
+    leaves it only for a number, or for what the Python launcher itself would not read
+    without argparse."""
+    argv = [*words, sys.executable, "-c", SHOW]
+    quick = cli.quick_parse(argv)
+    assume(quick is None or quick[1][0] == sys.executable)  # a word of them is no command
+    script = install(tmp_path_factory.mktemp("venv"))
+    result = run([str(script), *argv], env(CMDRDATA_CUSTOMER_ID="from-env"))
+    numbers = any(
+        cli.OPTIONS.get(w.partition("=")[0], ("", "str"))[1] in ("int", "float") for w in words
+    )
+    if result.returncode == 42:  # left to the Python launcher
+        assert quick is None or numbers, words
+        return
+    assert quick is not None, words
+    variables, command = quick
+    seen = shown(result)
+    assert seen["argv"] == command[3:]
+    expected = {"CMDRDATA_CUSTOMER_ID": "from-env", **variables}
+    env_seen = seen["env"]
+    assert isinstance(env_seen, dict)
+    assert {k: env_seen.get(k) for k in expected} == expected
+
+
+def test_the_scripts_option_table_is_the_launchers() -> None:
+    found = re.findall(
+        r'^ *(--[a-z-]+)\)\s+_cr_variable=(\S+) _cr_kind=("[^"]*"|\S+)', SCRIPT.read_text(), re.M
+    )
+    in_sh = {name: (variable, kind) for name, variable, kind in found}
+    expected = {}
+    for name, (variable, kind, choices, _) in cli.OPTIONS.items():
+        if kind in ("int", "float"):
+            continue  # checked by the Python launcher
+        spelled = {"bool": "bool", "str": "text"}.get(kind, '" ' + " ".join(choices) + ' "')
+        expected[name] = (variable, spelled)
+    assert in_sh == expected
+
+
+def test_the_callers_variables_reach_the_command_unchanged(tmp_path: Path) -> None:
+    """The script's own variables never clash with the caller's: sh exports what it took
+    from the environment, so an assignment to a name the caller set would change it."""
+    script = install(tmp_path / "venv")
+    text = SCRIPT.read_text()
+    plain = set(re.findall(r"\b_cr_([a-z_]+?)(?:_\$|=|\b)", text))
+    assert {"bin", "command", "name", "value", "count"} <= plain
+    callers = {name: f"the caller's {name}" for name in plain | {"self", "IFS_was"}}
+    seen = shown(
+        run([str(script), "--customer-id", "a", sys.executable, "-c", SHOW], env(**callers))
+    )
+    env_seen = seen["env"]
+    assert isinstance(env_seen, dict)
+    assert {name: env_seen.get(name) for name in callers} == callers
