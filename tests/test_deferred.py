@@ -513,3 +513,14 @@ def test_an_output_file_streamed_to_disk_is_billed(
         response.stream_to_file(tmp_path / "out.jsonl", chunk_size=11)
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2
     assert [e["service_tier"] for e in events(spans)] == ["batch", "batch"]
+
+
+def test_an_output_file_read_a_byte_at_a_time_is_billed(
+    dfake: FakeDeferred, dclient: Any, spans: Spans
+) -> None:
+    lines = [json.dumps(_output_line(n, tokens=n)).encode() for n in (1, 2)]
+    file_id = _upload(dclient, b"\n".join(lines) + b"\n")
+    with dclient.files.with_streaming_response.content(file_id) as response:
+        read = b"".join(response.iter_bytes(chunk_size=1))  # the mark itself split up
+    assert read == b"\n".join(lines) + b"\n"
+    assert [e["input_tokens"] for e in events(spans)] == [1, 2]

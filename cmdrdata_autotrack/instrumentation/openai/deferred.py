@@ -461,17 +461,20 @@ class OutputReading:
             if end < 0:
                 return
             self._oversized, chunk = False, chunk[end + 1 :]
+        # each search looks at the new bytes only (a caller may read a byte at a time)
+        start = len(pending)
         pending += chunk
         if self._output is None:
-            if _OUTPUT_MARK in pending:
+            if pending.find(_OUTPUT_MARK, max(0, start - len(_OUTPUT_MARK))) >= 0:
                 self._output = True
+                start = 0  # the lines before the mark end in the bytes held
             elif len(pending) >= _OUTPUT_HEAD:
                 self._output = False
                 pending.clear()
                 return
             else:
                 return
-        end = pending.rfind(b"\n")
+        end = pending.rfind(b"\n", start)
         if end >= 0:
             self._read(bytes(pending[:end]))
             del pending[: end + 1]
