@@ -299,6 +299,45 @@ def test_spool_overflow_is_counted_and_logged(tmp_path: Path, pipelines: list[Pi
     assert metrics.snapshot()["events_dropped"] - before == 40 - stats.depth
 
 
+def test_a_segment_is_stored_a_slice_at_a_time_and_a_failure_between_slices_loses_nothing(
+    tmp_path: Path, pipelines: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import round stores a segment's events IMPORT_SLICE at a time (a round's objects
+    are what the importer's malloc arena grows to): damage after the first slice leaves
+    the segment in the journal, and the next round stores every event exactly once."""
+    from cmdrdata_autotrack.export import pipeline as pipeline_module
+    from cmdrdata_autotrack.export.sqlite import DamagedDatabase
+
+    settings = settings_for(tmp_path, None, endpoint="http://127.0.0.1:9/none")
+    pipeline = make(pipelines, settings)  # no submit: no threads, this test imports
+    events = [event(f"c{i % 5}") for i in range(150)]
+    for e in events:
+        assert pipeline.journal.append(pipeline_module.journal_line(e).encode())
+    real_put = pipeline_module.ImportTargets.put
+    calls: list[int] = []
+    failures = [DamagedDatabase(pipeline.spool_path, "injected")]
+
+    def put(self: Any, owner: Any, batch: list[Any], *args: Any) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 2 and failures:
+            raise failures.pop()
+        return real_put(self, owner, batch, *args)
+
+    monkeypatch.setattr(pipeline_module.ImportTargets, "put", put)
+    store = pipeline.open_store()
+    try:
+        assert pipeline.import_journal(store) == 0  # the first slice stored; the segment stays
+        assert calls == [64, 64]
+        calls.clear()
+        assert pipeline.import_journal(store) == 150 - 64  # the first slice is known by id
+        assert calls == [64, 64, 22]
+    finally:
+        store.close()
+    with closing(sqlite3.connect(pipeline.spool_path)) as conn:  # leased to our senders
+        waiting = [row[0] for row in conn.execute("SELECT event_id FROM events")]
+    assert sorted(waiting) == sorted(e["event_id"] for e in events)
+
+
 def test_drop_oldest_policy(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite3")
     items = [(f"id{i}", "x" * 100, None) for i in range(10)]

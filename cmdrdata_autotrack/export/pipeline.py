@@ -69,6 +69,7 @@ from .sqlite import DamagedDatabase, is_damage
 logger = logging.getLogger("cmdrdata_autotrack.delivery")
 
 IMPORT_BATCH_WINDOW_S = 0.05  # gather events at least this long before closing a segment
+IMPORT_SLICE = 64  # journal lines made into events and stored in one transaction
 IDLE_WAIT_S = 1.0
 # A journal line, compact; built once (json.dumps with options makes an encoder per call).
 # Records are flat JSON made by the processor, never circular: no check needed.
@@ -117,6 +118,26 @@ def journal_line(record: dict[str, Any]) -> str:
     plain = {key: value for key, value in record.items() if key != "x"}
     plain["a"] = resolved_attributes(record)
     return _JOURNAL_LINE.encode(plain) + "\n"
+
+
+def _events_of(
+    lines: list[bytes], unattributed: str
+) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Journal lines as ``(event_id, body, event)``: a span record made into its event."""
+    events: list[tuple[str, str, dict[str, Any] | None]] = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+            if "a" in event and "event_id" not in event:  # a span record
+                event = span_record_to_event(event, unattributed)
+                raw = _EVENT_BODY.encode(event)
+            else:
+                raw = line.decode()
+            events.append((event["event_id"], raw, event))
+        except (ValueError, KeyError, TypeError):
+            metrics.increment("events_malformed")
+            warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
+    return events
 
 
 class Round(NamedTuple):
@@ -373,28 +394,28 @@ class Pipeline:
                 unattributed = (header or {}).get("unattributed")
                 if not isinstance(unattributed, str):
                     unattributed = self.settings.unattributed_customer
-                events: list[tuple[str, str, dict[str, Any] | None]] = []
-                for line in lines:
-                    try:
-                        event = json.loads(line)
-                        if "a" in event and "event_id" not in event:  # a span record
-                            event = span_record_to_event(event, unattributed)
-                            raw = _EVENT_BODY.encode(event)
-                        else:
-                            raw = line.decode()
-                        events.append((event["event_id"], raw, event))
-                    except (ValueError, KeyError, TypeError):
-                        metrics.increment("events_malformed")
-                        warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
                 lease = self._handoff_lease(owner)
-                added, dropped, handed = targets.put(
-                    owner,
-                    events,
-                    self.max_bytes,
-                    self.settings.spool_overflow,
-                    self.ledger_path,
-                    lease,
-                )
+                added = dropped = 0
+                # A slice at a time: a round's objects are what the C allocator's arena of
+                # this thread grows to hold, and keeps (a stop or damage in between is safe:
+                # the segment is imported again, and what was stored is skipped by its id).
+                for start in range(0, len(lines), IMPORT_SLICE):
+                    events = _events_of(lines[start : start + IMPORT_SLICE], unattributed)
+                    stored, refused, handed = targets.put(
+                        owner,
+                        events,
+                        self.max_bytes,
+                        self.settings.spool_overflow,
+                        self.ledger_path,
+                        lease,
+                    )
+                    del events
+                    added, dropped = added + stored, dropped + refused
+                    if handed and lease is not None:
+                        with self._handoff_lock:
+                            self._handoff.extend((lease[1], item) for item in handed)
+                    elif stored and owner.fingerprint in self.serves:
+                        self._spool_due = True  # spooled unleased: a sender leases them
             except DamagedDatabase as damage:
                 os.close(fd)  # the segment stays in the journal until the file is fixed
                 self.damaged(damage)
@@ -404,11 +425,6 @@ class Pipeline:
                 raise
             self.journal.imported(path, fd)
             moved += added
-            if handed and lease is not None:
-                with self._handoff_lock:
-                    self._handoff.extend((lease[1], item) for item in handed)
-            elif added and owner.fingerprint in self.serves:
-                self._spool_due = True  # spooled unleased: a sender leases them from the spool
             if owner.fingerprint in self.serves:
                 self._fresh += added
             metrics.increment("events_spooled", added)
