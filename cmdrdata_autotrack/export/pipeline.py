@@ -409,7 +409,7 @@ class Pipeline:
                         self.ledger_path,
                         lease,
                     )
-                    del events
+                    del events  # freed before the next slice is made, not after
                     added, dropped = added + stored, dropped + refused
                     if handed and lease is not None:
                         with self._handoff_lock:

@@ -421,8 +421,9 @@ def _meter_output(
 
 class OutputReading:
     """A batch output file the app reads as a stream (``with_streaming_response``): its
-    lines are read as its bytes pass on to the app (:mod:`.body_tap`, nothing held but a
-    line not ended yet), and billed when the body ends. A body closed or dropped before
+    lines are read as its bytes pass on to the app (:mod:`.body_tap`: of the bytes, only
+    a line not ended yet is held; of each line read, its ids and usage), and billed when
+    the body ends. A body closed or dropped before
     its end bills the lines read whole; the rest are billed when the file is read again
     (each line once, keyed by its own id)."""
 
