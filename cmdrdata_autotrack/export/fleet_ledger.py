@@ -40,9 +40,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
+from ..usage.event import KEY_SUFFIX_FIELD, PROJECT_FIELD
 from ..usage.fields import count, seconds
 from ..usage.units import NUMERIC, UNITS
 
@@ -260,11 +261,18 @@ def _text(value: object, limit: int = _MAX_TEXT) -> str | None:
     return clean or None
 
 
+def is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """A JSON object (a dict, the usual case, is told without asking the ABC)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _named(event: Mapping[str, Any], name: str) -> object:
     """A top-level field of the event, else the same name in its metadata."""
     value = event.get(name)
-    if value is None and isinstance(event.get("metadata"), Mapping):
-        value = event["metadata"].get(name)
+    if value is None:
+        metadata = event.get("metadata")
+        if is_object(metadata):
+            value = metadata.get(name)
     return value
 
 
@@ -289,10 +297,8 @@ def group_of(event: Mapping[str, Any]) -> Group:
     Equal raw fields always make the same group (text is taken as it is, anything else
     is none), so the cache is keyed by them as they are.
     """
-    from ..reconcile.metered import KEY_SUFFIX_FIELD, PROJECT_FIELD
-
     units = event.get("units")
-    units = units if isinstance(units, Mapping) else {}
+    units = units if is_object(units) else {}
     raw = (
         event.get("customer_id"),
         event.get("model"),
@@ -317,7 +323,7 @@ def group_of(event: Mapping[str, Any]) -> Group:
 
 
 def _group_of(event: Mapping[str, Any], units: Mapping[str, Any]) -> Group:
-    from ..reconcile.metered import KEY_SUFFIX_FIELD, PROJECT_FIELD, key_suffix
+    from ..reconcile.metered import key_suffix
 
     descriptors = {n: t for n in _TEXT_UNITS if (t := _text(units.get(n), 256)) is not None}
     return Group(
@@ -348,7 +354,7 @@ def quantities_of(event: Mapping[str, Any]) -> dict[str, int | float]:
             value = count(raw) if counted else seconds(raw)
             if value:
                 out[name] = value
-    if isinstance(units, Mapping):  # only the units it has: most calls report a few
+    if is_object(units):  # only the units it has: most calls report a few
         for name, raw in units.items():
             nested = _NESTED.get(name) if isinstance(name, str) else None
             if nested is not None and raw:
@@ -356,7 +362,7 @@ def quantities_of(event: Mapping[str, Any]) -> dict[str, int | float]:
                 if value:
                     out[name] = value
     request = event.get("request")
-    if isinstance(request, Mapping) and request.get("success") is False:
+    if is_object(request) and request.get("success") is False:
         out[FAILED_CALLS] = 1
         if not any(out.get(name) for name in _CONSUMING):
             out[REFUSED_CALLS] = 1
@@ -558,7 +564,7 @@ class FleetStore:
                     event = json.loads(raw)
                 except ValueError:
                     continue
-            if not isinstance(event, Mapping) or not isinstance(event_id, str):
+            if not is_object(event) or not isinstance(event_id, str):
                 continue
             stored = _event_id(event_id)
             if stored not in fresh:  # the first of an id repeated in one call wins

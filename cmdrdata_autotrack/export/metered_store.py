@@ -58,6 +58,7 @@ from .fleet_ledger import (
     event_time,
     floor_to,
     group_of,
+    is_object,
     plan,
     summed,
 )
@@ -253,7 +254,7 @@ class MeteredStore:
                     event = json.loads(raw)
                 except (TypeError, ValueError):
                     continue
-            if not isinstance(event, Mapping) or not isinstance(event_id, str):
+            if not is_object(event) or not isinstance(event_id, str):
                 continue
             key = _id_key(event_id)
             if key not in fresh:  # the first of an id repeated in one call wins

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..pricing import ModelPrice, PriceTable, cost
+from ..usage.event import KEY_SUFFIX_FIELD as KEY_SUFFIX_FIELD
+from ..usage.event import PROJECT_FIELD as PROJECT_FIELD
 from .buckets import floor_to
 from .model import API_TYPE_ENDPOINTS, OPERATION_ENDPOINTS, Units
 
-KEY_SUFFIX_FIELD = "openai_key_suffix"
-PROJECT_FIELD = "openai_project_id"
 SUFFIX_LENGTH = 4
 _SAFE_SUFFIX = re.compile(r"[A-Za-z0-9_-]+")
 _CONSUMED = ("input_tokens", "output_tokens", "images", "characters", "seconds", "sessions")

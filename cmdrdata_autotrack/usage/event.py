@@ -35,6 +35,9 @@ EVENT_ID_NAMESPACE = uuid.UUID("0b7b5f7e-3c55-4c8e-9d52-6f1d4c3a2e10")
 MAX_STRING = 256
 MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE = 1024
+# Fields that tell which OpenAI key and project made the call (reconcile scopes by them).
+KEY_SUFFIX_FIELD = "openai_key_suffix"
+PROJECT_FIELD = "openai_project_id"
 
 
 def clean_text(value: Any, limit: int = MAX_STRING) -> str | None:
@@ -85,19 +88,27 @@ def event_id_for(trace_id: int, span_id: int) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _metadata_and_units(attributes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The event's ``metadata`` (the span's metadata attributes, flattened) and its
+    ``units`` (the span's unit attributes that are not top-level fields), in one pass."""
+    metadata: dict[str, Any] = {}
+    units: dict[str, Any] = {}
     for key, value in attributes.items():
-        if not isinstance(key, str) or not key.startswith(A.METADATA_PREFIX):
+        if not isinstance(key, str):
             continue
-        if len(out) >= MAX_METADATA_KEYS:
-            break
-        name = clean_text(key[len(A.METADATA_PREFIX) :], 128)
-        if name:
-            if isinstance(value, list | tuple):
-                value = ",".join(clean_text(v, MAX_METADATA_VALUE) or "" for v in value)
-            out[name] = clean_scalar(value)
-    return out
+        unit = BY_ATTRIBUTE.get(key)
+        if unit is not None:
+            if not unit.top_level:
+                kept = unit_value(unit, value)
+                if kept is not None:
+                    units[unit.name] = kept
+        elif key.startswith(A.METADATA_PREFIX) and len(metadata) < MAX_METADATA_KEYS:
+            name = clean_text(key[len(A.METADATA_PREFIX) :], 128)
+            if name:
+                if isinstance(value, list | tuple):
+                    value = ",".join(clean_text(v, MAX_METADATA_VALUE) or "" for v in value)
+                metadata[name] = clean_scalar(value)
+    return metadata, units
 
 
 def _usage_source(attributes: Mapping[str, Any], input_tokens: int, output_tokens: int) -> str:
@@ -138,19 +149,6 @@ def unit_value(unit: Unit, value: Any) -> Any:
     return None
 
 
-def event_units(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The event's ``units``: the span's unit attributes that are not top-level fields."""
-    units: dict[str, Any] = {}
-    for key, raw in attributes.items():
-        unit = BY_ATTRIBUTE.get(key) if isinstance(key, str) else None
-        if unit is None or unit.top_level:
-            continue
-        value = unit_value(unit, raw)
-        if value is not None:
-            units[unit.name] = value
-    return units
-
-
 def build_event(
     attributes: Mapping[str, Any],
     *,
@@ -174,7 +172,7 @@ def build_event(
     ttfc = seconds(a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK))
     error_type = clean_text(a.get(A.ERROR_TYPE), 128)
     status_code = count(a.get(A.HTTP_STATUS_CODE))
-    units = event_units(a)
+    metadata, units = _metadata_and_units(a)
     success = ok and error_type is None
     finish = a.get(A.RESPONSE_FINISH_REASONS)
     over = a.get(EXCEEDED_ATTRIBUTE)
@@ -188,7 +186,7 @@ def build_event(
         "output_tokens": output_tokens,
         "total_tokens": total,
         "provider": _first_text(a, A.PROVIDER_NAME, A.SYSTEM) or "openai",
-        "metadata": _metadata(a),
+        "metadata": metadata,
         "timestamp": int(end_s),
         "version": __version__,
         "latency": {
@@ -240,6 +238,6 @@ def build_event(
         else [],
         "blocked": a.get(BLOCKED_ATTRIBUTE) is True,
         # --- added in schema 1.3 ------------------------------------------------------------
-        "openai_key_suffix": clean_text(a.get(A.OPENAI_KEY_SUFFIX), 4),
-        "openai_project_id": clean_text(a.get(A.OPENAI_PROJECT_ID), 128),
+        KEY_SUFFIX_FIELD: clean_text(a.get(A.OPENAI_KEY_SUFFIX), 4),
+        PROJECT_FIELD: clean_text(a.get(A.OPENAI_PROJECT_ID), 128),
     }
