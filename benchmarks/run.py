@@ -815,6 +815,9 @@ def run_delivery(ctx: Context) -> dict[str, Any]:
                 [r["drain_cpu_s"] / r["events"] * 1e6 for r in results]
             ),
             "import_eps": median([r["events"] / r["import_s"] for r in results]),
+            "import_cpu_us_per_event": median(
+                [r["import_cpu_s"] / r["events"] * 1e6 for r in results]
+            ),
             "requests": median([r["requests"] for r in results]),
         }
     summary["raw"] = runs
@@ -833,6 +836,7 @@ def delivery_report(summary: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]
                 fmt(s["drain_cpu_us_per_event"]),
                 fmt(s["requests"]),
                 fmt(s["import_eps"]),
+                fmt(s.get("import_cpu_us_per_event")),
             ]
         )
     text = table(
@@ -843,6 +847,7 @@ def delivery_report(summary: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]
             "CPU µs per event",
             "requests",
             "journal → spool events/s",
+            "journal → spool CPU µs per event",
         ],
         rows,
     )

@@ -439,10 +439,18 @@ def run_calls(args: argparse.Namespace) -> dict[str, Any]:
     return {"candidate": plan["candidate"], "versions": versions(), "blocks": results}
 
 
-def sample_event(index: int) -> dict[str, Any]:
-    from cmdrdata_autotrack.usage import attributes as A
-    from cmdrdata_autotrack.usage.event import build_event
+def sample_record(index: int) -> dict[str, Any]:
+    """The span record the agent journals for a chat call with a meter-only span (the
+    default): the span's attributes and a copy of the SDK's response, whose usage the
+    importer reads (``usage.snapshot``). Made as the agent makes it, from the fake's own
+    answer parsed by the SDK."""
+    import fakes  # beside this script, on its path
+    from openai.types.chat import ChatCompletion
 
+    from cmdrdata_autotrack.usage import attributes as A
+    from cmdrdata_autotrack.usage import snapshot
+
+    response = ChatCompletion.model_validate_json(fakes.chat_completion())
     attributes: dict[str, Any] = {
         A.METERED_MARK: True,
         A.OPERATION_NAME: "chat",
@@ -451,34 +459,27 @@ def sample_event(index: int) -> dict[str, Any]:
         A.SYSTEM: "openai",
         A.SERVER_ADDRESS: "api.openai.com",
         A.REQUEST_MODEL: "gpt-4o-mini",
-        A.RESPONSE_MODEL: "gpt-4o-mini-2024-07-18",
-        A.RESPONSE_ID: f"chatcmpl-{index:012d}",
-        A.RESPONSE_FINISH_REASONS: ("stop",),
-        A.INPUT_TOKENS: 13,
-        A.OUTPUT_TOKENS: 7,
-        A.TOTAL_TOKENS: 20,
-        A.CACHE_READ_INPUT_TOKENS: 0,
-        A.REASONING_OUTPUT_TOKENS: 0,
-        A.OPENAI_REQUEST_ID: f"req_{index:016x}",
-        A.OPENAI_RESPONSE_SERVICE_TIER: "default",
-        A.USAGE_SOURCE: "response",
         A.CUSTOMER_ID: CUSTOMER,
         A.CUSTOMER_SOURCE: "argument",
+        A.OPENAI_KEY_SUFFIX: "abcd",
+        A.OPENAI_REQUEST_ID: f"req_{index:016x}",
     }
     now = time.time_ns()
-    return build_event(
-        attributes,
-        trace_id=(0x5EED << 96) + index + 1,
-        span_id=index + 1,
-        start_ns=now - 800_000_000,
-        end_ns=now,
-        ok=True,
-    )
+    return {
+        "v": 1,
+        "a": attributes,
+        "t": (0x5EED << 96) + index + 1,
+        "s": index + 1,
+        "b": now - 800_000_000,
+        "e": now,
+        "ok": True,
+        "x": ["chat", snapshot.take("chat", response), True, True],
+    }
 
 
 def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
     from cmdrdata_autotrack.config import Settings
-    from cmdrdata_autotrack.export.pipeline import Pipeline
+    from cmdrdata_autotrack.export.pipeline import Pipeline, journal_line
 
     ingest = args.ingest
     settings = Settings(
@@ -490,10 +491,7 @@ def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
         shutdown_timeout=2.0,
     )
     pipeline = Pipeline(settings)
-    lines = [
-        (json.dumps(sample_event(i), separators=(",", ":")) + "\n").encode()
-        for i in range(args.events)
-    ]
+    lines = [journal_line(sample_record(i)).encode() for i in range(args.events)]
     for line in lines:  # what Pipeline.submit writes, without starting the threads yet
         if not pipeline.journal.append(line):
             raise RuntimeError("the journal refused an event")
