@@ -79,6 +79,8 @@ _JOURNAL_LINE = json.JSONEncoder(
 )
 # An event's body as spooled and sent: no NaN passes (the events API would refuse it).
 _EVENT_BODY = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# A journal line is UTF-8 (the journal writes it so): decoded as that, not sniffed per line.
+_LINE = json.JSONDecoder()
 HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
@@ -127,7 +129,7 @@ def _events_of(
     events: list[tuple[str, str, dict[str, Any] | None]] = []
     for line in lines:
         try:
-            event = json.loads(line)
+            event = _LINE.decode(line.decode())
             if "a" in event and "event_id" not in event:  # a span record
                 event = span_record_to_event(event, unattributed)
                 raw = _EVENT_BODY.encode(event)
