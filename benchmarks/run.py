@@ -808,7 +808,7 @@ def run_delivery(ctx: Context) -> dict[str, Any]:
         eps = [r["events"] / r["drain_s"] for r in results]
         summary["by_batch"][str(size)] = {
             "events": results[0]["events"],
-            "event_bytes": results[0]["event_bytes"],
+            "journal_line_bytes": results[0]["journal_line_bytes"],
             "drain_eps": median(eps),
             "drain_eps_rounds": eps,
             "drain_cpu_us_per_event": median(

@@ -514,7 +514,7 @@ def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "batch": args.batch,
         "events": args.events,
-        "event_bytes": statistics.fmean(len(line) for line in lines),
+        "journal_line_bytes": statistics.fmean(len(line) for line in lines),
         "import_s": wall1 - wall0,
         "import_cpu_s": cpu1 - cpu0,
         "drain_s": wall3 - wall2,
