@@ -149,6 +149,21 @@ def test_invalid_unit_values_are_left_out_of_the_event() -> None:
     assert event["units"] == {"file_search_calls": 2}
 
 
+def test_units_are_read_past_metadata_beyond_its_bound() -> None:
+    """A span from elsewhere may hold any number of metadata attributes: the event keeps
+    the first 64 of them, and still reads every unit attribute, before or after them."""
+    from cmdrdata_autotrack.usage.event import MAX_METADATA_KEYS
+
+    attributes: dict[Any, Any] = {"cmdrdata.usage.web_search_calls": 2}
+    attributes.update({f"{A.METADATA_PREFIX}k{i}": i for i in range(MAX_METADATA_KEYS + 10)})
+    attributes["cmdrdata.usage.file_search_calls"] = 3
+    attributes[7] = "a key that is not text"
+    attributes[f"{A.METADATA_PREFIX}late"] = "past the bound"
+    event = build_event(attributes, trace_id=1, span_id=2, start_ns=0, end_ns=0, ok=True)
+    assert event["units"] == {"web_search_calls": 2, "file_search_calls": 3}
+    assert event["metadata"] == {f"k{i}": i for i in range(MAX_METADATA_KEYS)}
+
+
 def test_an_old_ledger_gets_the_unit_columns_filled_from_its_units(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
