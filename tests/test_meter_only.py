@@ -78,9 +78,10 @@ def journaled(record: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def no_app_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The app configured no OpenTelemetry SDK (the test suite's own provider is hidden)."""
-    proxy = trace.ProxyTracerProvider()
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: proxy)
+    """The app configured no OpenTelemetry SDK (the test suite's own provider is hidden,
+    as OpenTelemetry holds it: no global provider set, so its proxy is handed out)."""
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
 
 
 @pytest.fixture
@@ -606,13 +607,23 @@ def test_spans_are_sdk_spans_when_anything_else_reads_them(
     exporting = TracerSource(Settings(traces_exporter="console"), [metering])
     assert not isinstance(exporting.tracer(), MeterOnlyTracer)
     exporting.shutdown()
-    # the app sets up an SDK later: joined at the next call
+    # the app sets up an SDK later (set_tracer_provider sets OpenTelemetry's global once):
+    # joined at the next call, though the calls before it asked for the global no more
     later = TracerSource(Settings(), [metering])
     assert isinstance(later.tracer(), MeterOnlyTracer)
+    assert isinstance(later.tracer(), MeterOnlyTracer)
     provider = TracerProvider()
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     assert not isinstance(later.tracer(), MeterOnlyTracer)
     later.shutdown()
+    # an OpenTelemetry that keeps its global elsewhere: asked at every call
+    monkeypatch.delattr(trace, "_TRACER_PROVIDER")
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    elsewhere = TracerSource(Settings(), [metering])
+    assert isinstance(elsewhere.tracer(), MeterOnlyTracer)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    assert not isinstance(elsewhere.tracer(), MeterOnlyTracer)
+    elsewhere.shutdown()
 
 
 @given(st.integers(1, 2**128 - 1), st.integers(1, 2**64 - 1))

@@ -39,6 +39,15 @@ from .meter_only import MeterOnlyTracer
 from .sampler import MeteringSampler
 
 _ATTACHED = "_cmdrdata_autotrack_attached"
+_UNREAD = object()
+
+
+def _global_set() -> bool | None:
+    """Whether OpenTelemetry's global tracer provider was set (``None``: cannot tell, this
+    version keeps it elsewhere). Read from its module: asking ``get_tracer_provider()``
+    looks the environment up on every call until one is set, about a microsecond."""
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNREAD)
+    return None if provider is _UNREAD else provider is not None
 
 
 def exporter_names(settings: Settings, environ: os._Environ[str] | dict[str, str]) -> list[str]:
@@ -87,6 +96,10 @@ class TracerSource:
         self._explicit: object = None
         self._held: object = None  # the own provider's processors, while spans are meter-only
         self._active: Any = None  # the own provider's multi-processor (holds them)
+        # What get_tracer_provider() gave while no global provider was set (its proxy). A
+        # provider named by OTEL_PYTHON_TRACER_PROVIDER is loaded and set by the first call,
+        # at the agent's start; the proxy is handed out again only until one is set.
+        self._proxy: object = None
 
     @property
     def own_provider(self) -> TracerProvider | None:
@@ -108,8 +121,16 @@ class TracerSource:
         except Exception:  # e.g. the interpreter is exiting; the first call tries again
             logger.debug("cmdrdata: tracer not prepared ahead of the first call", exc_info=True)
 
+    def _global_provider(self) -> object:
+        """``trace.get_tracer_provider()``, without asking it again while none is set."""
+        if self._proxy is not None and _global_set() is False:
+            return self._proxy
+        provider = trace.get_tracer_provider()
+        self._proxy = provider if _global_set() is False else None
+        return provider
+
     def tracer(self) -> trace.Tracer:
-        provider = self._explicit or trace.get_tracer_provider()
+        provider = self._explicit or self._global_provider()
         tracer = self._tracer
         if provider is self._seen and tracer is not None:
             held = self._held
