@@ -63,9 +63,13 @@ class MeteringSpanProcessor(SpanProcessor):
             if makes_no_event(plain):  # deferred work not finished: traces only
                 return
             metrics.increment("spans_metered")
-            context = span.context
-            if context is None:
-                return
+            if meter_only:  # its ids, without making the SpanContext an SDK span holds
+                trace_id, span_id = span.trace_id, span.span_id  # type: ignore[attr-defined]
+            else:
+                context = span.context
+                if context is None:
+                    return
+                trace_id, span_id = context.trace_id, context.span_id
             if self._metrics_factory is not None:  # resolved at the first call: the app has
                 self.metrics, self._metrics_factory = self._metrics_factory(), None  # set up
             pending = span.pending if meter_only else None  # type: ignore[attr-defined]
@@ -76,8 +80,8 @@ class MeteringSpanProcessor(SpanProcessor):
             record = {
                 "v": 1,
                 "a": plain,
-                "t": context.trace_id,
-                "s": context.span_id,
+                "t": trace_id,
+                "s": span_id,
                 "b": span.start_time or 0,
                 "e": span.end_time or span.start_time or 0,
                 "ok": span.status.is_ok,

@@ -77,23 +77,26 @@ class MeterOnlySpan(trace.Span):
     """A span read by the metering processor only (see the module's docstring)."""
 
     __slots__ = (
+        "_context",
         "_processors",
         "attributes",
-        "context",
         "end_time",
         "instrumentation_scope",
         "kind",
         "name",
         "parent",
         "pending",
+        "span_id",
         "start_time",
         "status",
+        "trace_id",
     )
 
     def __init__(
         self,
         name: str,
-        context: SpanContext,
+        trace_id: int,
+        span_id: int,
         parent: SpanContext | None,
         scope: InstrumentationScope,
         processors: tuple[SpanProcessor, ...],
@@ -102,7 +105,10 @@ class MeterOnlySpan(trace.Span):
         start_time: int | None,
     ) -> None:
         self.name = name
-        self.context = context
+        # The ids; their SpanContext is made only if something asks for it (the metering
+        # processor reads the ids): making one costs more than the rest of the span's start.
+        self.trace_id, self.span_id = trace_id, span_id
+        self._context: SpanContext | None = None
         self.parent = parent
         self.instrumentation_scope = scope
         self._processors = processors
@@ -117,6 +123,15 @@ class MeterOnlySpan(trace.Span):
             self.set_attributes(attributes)
 
     # --- the Span interface ---------------------------------------------------------------
+
+    @property
+    def context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            context = self._context = SpanContext(
+                self.trace_id, self.span_id, is_remote=False, trace_flags=_SAMPLED
+            )
+        return context
 
     def get_span_context(self) -> SpanContext:
         return self.context
@@ -206,17 +221,33 @@ class MeterOnlyTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        own, parent = self._ids(context)
+        trace_id, span_id, parent = self._ids(context)
         return MeterOnlySpan(
-            name, own, parent, self.scope, self.processors, kind, attributes, start_time
+            name,
+            trace_id,
+            span_id,
+            parent,
+            self.scope,
+            self.processors,
+            kind,
+            attributes,
+            start_time,
         )
 
     def start_own(self, name: str, attributes: dict[str, Any]) -> MeterOnlySpan:
         """A client span holding ``attributes``, which it takes as they are when they are
         exact JSON scalars (the agent's own, usually), as ``start_span`` would keep them."""
-        own, parent = self._ids(None)
+        trace_id, span_id, parent = self._ids(None)
         span = MeterOnlySpan(
-            name, own, parent, self.scope, self.processors, SpanKind.CLIENT, None, None
+            name,
+            trace_id,
+            span_id,
+            parent,
+            self.scope,
+            self.processors,
+            SpanKind.CLIENT,
+            None,
+            None,
         )
         if len(attributes) <= MAX_ATTRIBUTES and all(
             type(value) in _SCALARS for value in attributes.values()
@@ -227,8 +258,8 @@ class MeterOnlyTracer(trace.Tracer):
         return span
 
     @staticmethod
-    def _ids(context: otel_context.Context | None) -> tuple[SpanContext, SpanContext | None]:
-        """The new span's context (the parent's trace, a new span id) and its parent's."""
+    def _ids(context: otel_context.Context | None) -> tuple[int, int, SpanContext | None]:
+        """The new span's trace id (the parent's) and span id (new), and its parent's context."""
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             trace_id = parent.trace_id
@@ -236,7 +267,7 @@ class MeterOnlyTracer(trace.Tracer):
             parent = None
             trace_id = random.getrandbits(128) or 1
         span_id = random.getrandbits(64) or 1
-        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED), parent
+        return trace_id, span_id, parent
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # the SDK's own decorator is private
