@@ -210,6 +210,45 @@ def test_events_flow_as_they_end_with_cr_framing() -> None:
     assert observer.terminal
 
 
+def observed(chunks: list[bytes], family: str = "chat") -> SSEObserver:
+    observer = SSEObserver(family, hide_usage_chunk=True)
+    for chunk in chunks:
+        observer.feed(chunk)
+    observer.flush()
+    return observer
+
+
+def test_the_first_events_facts_fill_in_what_the_later_ones_left_unsaid() -> None:
+    """The first event is read at the end, and only for what the events after it did not
+    say: they win where they say something, as when it was read first."""
+    tier = {"service_tier": "default", "system_fingerprint": "fp_1"}
+    first = event({**content("Hi"), **tier, "id": "chatcmpl-first", "model": "gpt-first"})
+    later = {**USAGE_CHUNK, **tier}
+    # the usage chunk says it all: the first event's id and model are not the answer
+    info = observed([first, event(later), done()]).info
+    assert (info.id, info.model, info.service_tier) == ("chatcmpl-tap", MODEL, "default")
+    # the usage chunk has no fingerprint: the first event's fills it in, the rest stays
+    bare = {k: v for k, v in later.items() if k != "system_fingerprint"}
+    info = observed([first, event(bare), done()]).info
+    assert (info.id, info.system_fingerprint) == ("chatcmpl-tap", "fp_1")
+    # cut after the first event: its facts are all there is
+    info = observed([first]).info
+    assert (info.id, info.model, info.system_fingerprint) == ("chatcmpl-first", "gpt-first", "fp_1")
+    # a finish reason only the first event gives is kept too
+    only = event({**content("", "length"), **tier})
+    observer = observed([only, event(later), done()])
+    assert observer.finish_reasons == ["length"]
+    # a Responses stream: its first event's status, and the id of response.created
+    created = event(
+        {
+            "type": "response.created",
+            "response": {"id": "resp_1", "status": "in_progress", "model": "gpt-x"},
+        }
+    )
+    info = observed([created], "responses").info
+    assert (info.id, info.model) == ("resp_1", "gpt-x")
+
+
 def test_a_line_flushed_event_flows_once_it_cannot_be_the_usage_chunk() -> None:
     observer = SSEObserver("chat", hide_usage_chunk=True)
     line = b"data: " + json.dumps(content("hi")).encode() + CRLF

@@ -5,9 +5,10 @@ A streamed response (``stream=True``, ``.with_raw_response`` with a stream,
 the object the caller gets back, the agent watches the bytes underneath it, so
 the caller keeps the SDK's own ``Stream`` / ``APIResponse`` object untouched.
 
-* :class:`SSEObserver` reads server-sent events: the first event (model, id),
-  finish reasons, content deltas (for estimates) and the usage event, which it
-  parses. It only ever parses JSON for those few events; every other chunk costs
+* :class:`SSEObserver` reads server-sent events: the usage event, which it
+  parses, finish reasons, content deltas (for estimates), and the first event
+  (model, id) when the later ones leave a fact unsaid. It only ever parses JSON
+  for those few events; every other chunk costs
   a couple of byte searches. When the agent asked for ``include_usage`` itself
   it removes the usage-only chunk from the bytes, so the caller sees exactly the
   chunks it would have seen without the agent.
@@ -51,6 +52,8 @@ _HEAD_ID = re.compile(r'"id"\s*:\s*"([^"]{1,256})"')
 # Event types that end a stream (besides ``data: [DONE]``): the endpoint table says.
 _TERMINAL_TYPES = tuple(f'"{name}"'.encode() for name in TERMINAL_EVENT_TYPES)
 _TERMINAL_TYPE_NAMES = frozenset(t.strip(b'"').decode() for t in _TERMINAL_TYPES)
+# Responses statuses that give finish reasons (usage.extract.responses_finish_reasons).
+_FINISHING_STATUSES = (b'"incomplete"', b'"failed"', b'"completed"')
 
 # --- SSE framing --------------------------------------------------------------------------
 
@@ -209,10 +212,10 @@ def _events_backwards(text: bytes, first: int, limit: int) -> Iterator[bytes]:
 class SSEObserver:
     """Watches a server-sent event stream at a couple of byte searches per chunk.
 
-    Per chunk it only keeps a bounded tail of the bytes; the first event is
-    parsed once (model, id); everything else (usage, finish reasons, content
-    deltas for estimates, how the stream ended) is read from the tail when the
-    stream ends.
+    Per chunk it only keeps a bounded tail of the bytes, and the first event's;
+    everything (usage, finish reasons, content deltas for estimates, how the
+    stream ended) is read from the tail when the stream ends, and the first event
+    (model, id) only for what the later events left unsaid.
 
     When hiding the injected usage chunk it also frames the events as they pass.
     A read that ends at an event boundary and cannot hold a usage-only chunk is
@@ -230,6 +233,7 @@ class SSEObserver:
         "_done",
         "_drop_lf",
         "_fast",
+        "_first",
         "_head",
         "_held",
         "_hidden_event",
@@ -264,6 +268,10 @@ class SSEObserver:
         self.hidden = False
         self.failed = False  # an internal error turned the observer into a pass-through
         self._head: bytearray | None = bytearray()  # None once the first data event was read
+        # That event, read at the end only if the events after it left a fact unsaid (they
+        # say the same of a chat stream, and what they say wins): parsing it costs more
+        # than a dozen chunks' reads.
+        self._first: bytes | None = None
         self._tail: deque[bytes] = deque()
         self._tail_bytes = 0
         self._truncated = False  # the tail lost its first bytes (it starts mid-event)
@@ -518,22 +526,41 @@ class SSEObserver:
             event = bytes(head[pos : match.start()]).removeprefix(_BOM)
             pos = match.end()
             if data_field(event) is not None:
-                self._head = None
-                self._first_event(event)
+                self._head, self._first = None, event
                 return
         if len(head) - pos >= 65536:  # no event boundary in 64 KiB: give up on it
-            self._head = None
-            self._first_event(bytes(head[pos:]))
+            self._head, self._first = None, bytes(head[pos:])
         elif pos:
             del head[:pos]
 
-    def _first_event(self, raw: bytes) -> None:
+    def _first_event(self) -> None:
+        """The first event's facts, where the events after it (which win) left one unsaid."""
+        raw, self._first = self._first, None
+        if raw is None or self._told_all_first_tells(raw):
+            return
         first = event_data(raw.removeprefix(_BOM))
         if isinstance(first, dict):
             _, info = extract_stream_event(self.family, first)
             if not info.model and not info.id:
                 info = ResponseInfo(model=_str(field(first, "model")), id=_str(field(first, "id")))
-            self.info.merge(info)
+            info.merge(self.info)
+            self.info = info
+
+    def _told_all_first_tells(self, raw: bytes) -> bool:
+        """Whether the later events said every fact the first event could (model, id, tier,
+        fingerprint, and finish reasons unless its bytes show it has none to give)."""
+        known = self.info
+        if not (known.model and known.id and known.service_tier and known.system_fingerprint):
+            return False
+        if known.finish_reasons:
+            return True
+        # No finish reason written out (a chat chunk's is null), no Responses status that
+        # gives one, no key spelled with escapes: it has none.
+        return (
+            b"\\" not in raw
+            and _FINISH.search(raw) is None
+            and not any(status in raw for status in _FINISHING_STATUSES)
+        )
 
     def flush(self) -> bytes:
         """The end of the body: hand on whatever was held back, and read the tail."""
@@ -545,6 +572,10 @@ class SSEObserver:
                 self._read_tail()
             except Exception:
                 self.failed = True
+            try:
+                self._first_event()  # last: what the later events said wins
+            except Exception:
+                self.failed = True
         return bytes(rest) if self.hide_usage_chunk else b""
 
     def _read_tail(self) -> None:
@@ -552,7 +583,7 @@ class SSEObserver:
         data = b"".join(self._tail)
         self._tail.clear()
         if self._head:  # a stream too short to finish its first event
-            self._first_event(bytes(self._head))
+            self._first = bytes(self._head)
         self._head = None
         end = data[-END_WINDOW:]  # finish reasons and errors are at the end
         self._reasons = [m.group(1).decode() for m in _FINISH.finditer(end)]
