@@ -473,7 +473,12 @@ def test_streams_are_metered_with_meter_only_spans(
     chunks = list(stream)
     assert chunks and all(chunk.choices for chunk in chunks)  # the usage chunk stays hidden
     (record,) = records.items
-    assert record["a"][A.INPUT_TOKENS] > 0 and record["a"][A.STREAM_OUTCOME] == "completed"
+    attrs = record["a"]
+    assert attrs[A.INPUT_TOKENS] > 0 and attrs[A.STREAM_OUTCOME] == "completed"
+    # started in one go as other meter-only calls are, the usage asked for and said so
+    assert attrs[A.STREAM_USAGE_INJECTED] is True and attrs[A.REQUEST_STREAM] is True
+    assert attrs[A.REQUEST_MODEL] == "gpt-4o-mini" and attrs[A.CUSTOMER_ID] == "c"
+    assert attrs[A.OPERATION_NAME] == "chat" and attrs[A.SERVER_ADDRESS] == "127.0.0.1"
 
 
 class Color(enum.IntEnum):

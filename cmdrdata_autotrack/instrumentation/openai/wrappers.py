@@ -204,26 +204,36 @@ class Runtime:
     ) -> MeteredCall | None:
         """:meth:`begin` for a call whose span only the metering processor reads, in one go.
 
-        ``None`` when the call needs more than the usual (its stream's usage asked for,
-        another instrumentation tracing it, units its request tells, odd metadata): the
-        part-by-part reading of :meth:`begin` does it. Raises on odd input, which that
-        reading then takes part by part too.
+        ``None`` when the call needs more than the usual (another instrumentation tracing
+        it, units its request tells, odd metadata): the part-by-part reading of
+        :meth:`begin` does it. Raises on odd input, which that reading then takes part by
+        part too.
         """
-        if endpoint.injects_stream_usage and kwargs.get("stream") is not None:
-            return None
         if attribution.metadata_dropped or self.peers.active():
             return None
         units = endpoint.request_units
         if units is not None and units(kwargs) is not None:
             return None
         attrs = dict(endpoint_attributes(endpoint))
-        attrs.update(self.client_attributes(client))
+        server = self.client_attributes(client)
+        attrs.update(server)
+        hide = (
+            endpoint.injects_stream_usage
+            and kwargs.get("stream") is True
+            and R.should_inject_stream_usage(
+                self.settings.stream_usage, server.get(A.SERVER_ADDRESS), kwargs
+            )
+        )
+        if hide:
+            kwargs = R.with_stream_usage(kwargs)
         essentials = _essentials(kwargs)
         attrs.update(essentials)
         attrs.update(attribution.to_attributes())
+        if hide:
+            attrs[A.STREAM_USAGE_INJECTED] = True
         model = essentials.get(A.REQUEST_MODEL)
         name = f"{endpoint.operation} {model}" if model else endpoint.operation
-        call = MeteredCall(tracer.start_own(name, attrs), endpoint, kwargs, None, False)
+        call = MeteredCall(tracer.start_own(name, attrs), endpoint, kwargs, None, hide)
         call.attribution = attribution
         call.current = False  # a meter-only span has no one to parent
         call.reader = _reader(endpoint, kwargs)
