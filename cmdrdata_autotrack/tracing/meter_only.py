@@ -221,6 +221,28 @@ class MeterOnlyTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
+        return self._span(name, context, kind, attributes, start_time)
+
+    def start_own(self, name: str, attributes: dict[str, Any]) -> MeterOnlySpan:
+        """A client span holding ``attributes``, which it takes as they are when they are
+        exact JSON scalars (the agent's own, usually), as ``start_span`` would keep them."""
+        span = self._span(name, None, SpanKind.CLIENT, None, None)
+        if len(attributes) <= MAX_ATTRIBUTES and all(
+            type(value) in _SCALARS for value in attributes.values()
+        ):
+            span.attributes = attributes
+        else:
+            span.set_attributes(attributes)
+        return span
+
+    def _span(
+        self,
+        name: str,
+        context: otel_context.Context | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        start_time: int | None,
+    ) -> MeterOnlySpan:
         trace_id, span_id, parent = self._ids(context)
         return MeterOnlySpan(
             name,
@@ -233,29 +255,6 @@ class MeterOnlyTracer(trace.Tracer):
             attributes,
             start_time,
         )
-
-    def start_own(self, name: str, attributes: dict[str, Any]) -> MeterOnlySpan:
-        """A client span holding ``attributes``, which it takes as they are when they are
-        exact JSON scalars (the agent's own, usually), as ``start_span`` would keep them."""
-        trace_id, span_id, parent = self._ids(None)
-        span = MeterOnlySpan(
-            name,
-            trace_id,
-            span_id,
-            parent,
-            self.scope,
-            self.processors,
-            SpanKind.CLIENT,
-            None,
-            None,
-        )
-        if len(attributes) <= MAX_ATTRIBUTES and all(
-            type(value) in _SCALARS for value in attributes.values()
-        ):
-            span.attributes = attributes
-        else:
-            span.set_attributes(attributes)
-        return span
 
     @staticmethod
     def _ids(context: otel_context.Context | None) -> tuple[int, int, SpanContext | None]:
