@@ -6,7 +6,7 @@ the next journal segment), so its calling-thread counts repeat to about ±5 %. T
 the agent's own work on the app's thread alone: one process, the SDK answered in memory
 (``pairs.py --transport memory``), the agent's threads never started (the journal keeps
 what the calls write), ``N`` unmetered calls (``track_usage=False``) and then ``N``
-metered ones, each run counted by callgrind (``os.getpgid`` marks them). The difference
+metered ones, each run counted by callgrind between marks (``marked.py``). The difference
 per call repeats to a few tenths of a percent, so a change of 1 % can be told.
 
 Run it with the benchmark virtualenv's interpreter (``run.py`` makes it):
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
+
+from marked import counted, mark  # beside this script, on its path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("chat", "responses", "embeddings", "stream20", "stream200")
@@ -61,53 +61,21 @@ def child(workload: str, calls: int) -> None:
         call(True)
         call(False)
     pipeline.journal.prepare()  # the next segment ready, as the importer leaves it
-    os.getpgid(0)
+    mark()
     for _ in range(calls):
         call(False)
-    os.getpgid(0)
+    mark()
     for _ in range(calls):
         call(True)
-    os.getpgid(0)
+    mark()
     os._exit(0)  # nothing flushed: the journal is left in the scratch folder, removed below
 
 
 def count(workload: str, calls: int) -> tuple[float, float]:
     """Instructions per unmetered and per metered call, counted by callgrind."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    folder = tempfile.mkdtemp(prefix="cmdrdata-callgrind-")
-    try:
-        subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                "--dump-before=getpgid",
-                f"--callgrind-out-file={folder}/out",
-                sys.executable,
-                __file__,
-                "--child",
-                "--workload",
-                workload,
-                "--calls",
-                str(calls),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TMPDIR": folder},
-        )
-
-        def total(part: int) -> int:  # out.2: the unmetered calls, out.3: the metered ones
-            with open(os.path.join(folder, f"out.{part}")) as dump:
-                for line in dump:
-                    if line.startswith(("summary:", "totals:")):
-                        return int(line.split()[1])
-            raise RuntimeError(f"callgrind's dump {part} has no total")
-
-        return total(2) / calls, total(3) / calls
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    args = ["--child", "--workload", workload, "--calls", str(calls)]
+    plain, metered = counted(__file__, args, marks=3)
+    return plain / calls, metered / calls
 
 
 def main() -> int:

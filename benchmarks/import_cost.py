@@ -10,8 +10,8 @@ This journals span records as the agent writes them for chat calls (``worker.py`
 
 * the CPU per event (this thread's clock), the median of ``--rounds`` fresh pipelines;
 * with ``--instructions``, the machine instructions per event of one import, counted
-  by ``valgrind --tool=callgrind`` (``os.getpgid`` marks the import: callgrind dumps
-  its counters when it is called), which a shared machine cannot move.
+  by ``valgrind --tool=callgrind`` between two marks (``marked.py``), which a shared
+  machine cannot move.
 
 Run it with the benchmark virtualenv's interpreter (``run.py`` makes it):
 ``benchmarks/.venv-peers/bin/python benchmarks/import_cost.py``.
@@ -20,14 +20,14 @@ Run it with the benchmark virtualenv's interpreter (``run.py`` makes it):
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from marked import counted, mark  # beside this script, on its path
 
 WARM_UP = 64  # span records imported first, into the same stores
 
@@ -60,12 +60,12 @@ def import_once(events: int, marked: bool) -> float:
         pipeline.import_journal(store)
         journal(WARM_UP, events)
         if marked:
-            os.getpgid(0)
+            mark()
         started = time.thread_time()
         moved = pipeline.import_journal(store)
         spent = time.thread_time() - started
         if marked:
-            os.getpgid(0)
+            mark()
         store.close()
         if moved != events:
             raise RuntimeError(f"imported {moved} of {events} events")
@@ -76,35 +76,8 @@ def import_once(events: int, marked: bool) -> float:
 
 def count_instructions(events: int) -> float:
     """Instructions per event of one import, counted by callgrind in a child process."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    folder = tempfile.mkdtemp(prefix="cmdrdata-callgrind-")
-    try:
-        subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                "--dump-before=getpgid",
-                f"--callgrind-out-file={folder}/out",
-                sys.executable,
-                __file__,
-                "--child",
-                "--events",
-                str(events),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # out.1: until the first mark; out.2: the import; out: the rest
-        with open(os.path.join(folder, "out.2")) as dump:
-            totals = [line for line in dump if line.startswith(("summary:", "totals:"))]
-        if not totals or not glob.glob(os.path.join(folder, "out.1")):
-            raise RuntimeError("callgrind wrote no dump for the import")
-        return int(totals[0].split()[1]) / events
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    (imported,) = counted(__file__, ["--child", "--events", str(events)], marks=2)
+    return imported / events
 
 
 def main() -> int:

@@ -1,0 +1,56 @@
+"""Callgrind's instruction counts between marks: what ``call_cost.py`` and ``import_cost.py``
+count with.
+
+The counted script calls ``os.getpgid(0)`` (which nothing else calls) between the steps
+it wants counted; callgrind, run with ``--dump-before=getpgid``, dumps its counters each
+time, so dump ``n`` holds what ran between mark ``n - 1`` and mark ``n``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+
+def mark() -> None:
+    """Where the counted script's steps meet: callgrind dumps its counters here."""
+    os.getpgid(0)
+
+
+def counted(script: str, args: list[str], marks: int) -> list[int]:
+    """Run ``script`` with ``args`` under callgrind; the instructions between each pair of
+    its ``marks`` marks (``marks - 1`` counts)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    folder = tempfile.mkdtemp(prefix="cmdrdata-callgrind-")
+    try:
+        subprocess.run(
+            [
+                valgrind,
+                "--tool=callgrind",
+                "--dump-before=getpgid",
+                f"--callgrind-out-file={folder}/out",
+                sys.executable,
+                script,
+                *args,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": folder},  # what the script leaves goes with the dumps
+        )
+        return [_total(os.path.join(folder, f"out.{part}")) for part in range(2, marks + 1)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _total(dump: str) -> int:
+    with open(dump) as lines:
+        for line in lines:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"callgrind's dump {dump} has no total")
