@@ -536,7 +536,7 @@ class SSEObserver:
     def _first_event(self) -> None:
         """The first event's facts, where the events after it (which win) left one unsaid."""
         raw, self._first = self._first, None
-        if raw is None or self._told_all_first_tells(raw):
+        if raw is None or self._first_has_nothing_new(raw):
             return
         first = event_data(raw.removeprefix(_BOM))
         if isinstance(first, dict):
@@ -546,7 +546,7 @@ class SSEObserver:
             info.merge(self.info)
             self.info = info
 
-    def _told_all_first_tells(self, raw: bytes) -> bool:
+    def _first_has_nothing_new(self, raw: bytes) -> bool:
         """Whether the later events said every fact the first event could (model, id, tier,
         fingerprint, and finish reasons unless its bytes show it has none to give)."""
         known = self.info

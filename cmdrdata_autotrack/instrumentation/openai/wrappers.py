@@ -137,12 +137,7 @@ class Runtime:
         hide = not direct and parts.read(
             "stream_usage",
             bool,
-            lambda: (
-                endpoint.injects_stream_usage
-                and R.should_inject_stream_usage(
-                    settings.stream_usage, base.get(A.SERVER_ADDRESS), kwargs
-                )
-            ),
+            lambda: self._asks_stream_usage(endpoint, base, kwargs),
         )
         if hide:
             injected = parts.read("stream_usage", _no_attrs, lambda: R.with_stream_usage(kwargs))
@@ -217,13 +212,7 @@ class Runtime:
         attrs = dict(endpoint_attributes(endpoint))
         server = self.client_attributes(client)
         attrs.update(server)
-        hide = (
-            endpoint.injects_stream_usage
-            and kwargs.get("stream") is True
-            and R.should_inject_stream_usage(
-                self.settings.stream_usage, server.get(A.SERVER_ADDRESS), kwargs
-            )
-        )
+        hide = self._asks_stream_usage(endpoint, server, kwargs)
         if hide:
             kwargs = R.with_stream_usage(kwargs)
         essentials = _essentials(kwargs)
@@ -238,6 +227,14 @@ class Runtime:
         call.current = False  # a meter-only span has no one to parent
         call.reader = _reader(endpoint, kwargs)
         return call
+
+    def _asks_stream_usage(
+        self, endpoint: Endpoint, server: Mapping[str, Any], kwargs: Mapping[str, Any]
+    ) -> bool:
+        """Whether the agent adds ``include_usage`` to this request (a chat-like stream)."""
+        return endpoint.injects_stream_usage and R.should_inject_stream_usage(
+            self.settings.stream_usage, server.get(A.SERVER_ADDRESS), kwargs
+        )
 
     def begin_degraded(
         self,
