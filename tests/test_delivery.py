@@ -6,9 +6,11 @@ event is counted twice once deduplicated by its idempotency key.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -286,6 +288,193 @@ def test_journal_read_twice_is_not_sent_twice(
     again = make(pipelines, settings)
     assert again.flush(5)
     assert ingest.duplicates() == 0 and len(ingest.requests) == sent  # nothing sent again
+
+
+def span_record(customer: str = "acme", **attrs: Any) -> dict[str, Any]:
+    """A span record as the processor journals it (the importer makes it an event)."""
+    return {
+        "v": 1,
+        "a": {
+            "cmdrdata.metered": True,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 17,
+            "gen_ai.usage.output_tokens": 9,
+            "cmdrdata.customer.id": customer,
+            **attrs,
+        },
+        "t": uuid.uuid4().int,
+        "s": uuid.uuid4().int >> 64,
+        "b": 1_700_000_000_000_000_000,
+        "e": 1_700_000_000_500_000_000,
+        "ok": True,
+    }
+
+
+def _delivered(spool: Spool) -> set[str]:
+    return {row[0] for row in spool.conn.execute("SELECT event_id FROM delivered")}
+
+
+def _age_delivered(spool: Spool, seconds: float) -> None:
+    with spool._transaction():
+        spool.conn.execute("UPDATE delivered SET delivered_at = delivered_at - ?", (seconds,))
+
+
+def test_delivered_ids_are_kept_while_a_journal_segment_may_give_them_again(
+    tmp_path: Path,
+) -> None:
+    """An ordinary id is forgotten once every segment in the journal started after it was
+    delivered (by more than the clock margin); a deferred work's id is kept the week."""
+    from cmdrdata_autotrack.export.spool import DELIVERED_KEEP_S, JOURNAL_MARGIN_S
+
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        plain, work = event(), event()
+        items = [(e["event_id"], json.dumps(e), e) for e in (plain, work)]
+        spool.put_leased(items, 1 << 30, "reject", lasting={work["event_id"]})
+        spool.ack([e["event_id"] for e in (plain, work)])
+        both = {plain["event_id"], work["event_id"]}
+        _age_delivered(spool, 3600)
+        now = time.time()
+        # a segment started before they were delivered is still there: both are kept
+        assert spool.prune_delivered(journal_start=now - 7200) == 0
+        assert spool.prune_delivered(journal_start=None) == 0  # not known: the week
+        # delivered within the margin before the oldest segment's start: kept
+        assert spool.prune_delivered(journal_start=now - 3600 + JOURNAL_MARGIN_S / 2) == 0
+        assert _delivered(spool) == both
+        # every segment started later: the plain id goes, the work's stays ...
+        assert spool.prune_delivered(journal_start=now) == 1
+        assert _delivered(spool) == {work["event_id"]}
+        # ... and a later sighting of the work is still skipped; the plain event, which no
+        # segment can give again, would be spooled like a new one
+        assert spool.put(items, 1 << 30, "reject") == (1, 0)
+        assert spool.stats().depth == 1
+        assert [x.event_id for x in spool.lease("me", 10, 60)] == [plain["event_id"]]
+        # after the week the work's id goes too, and its lasting row with it
+        _age_delivered(spool, DELIVERED_KEEP_S)
+        with spool._transaction():
+            spool.conn.execute("UPDATE lasting_ids SET until = 0")
+        assert spool.prune_delivered(journal_start=now) == 1
+        assert list(spool.conn.execute("SELECT * FROM lasting_ids")) == []
+
+
+def test_a_waiting_deferred_works_lasting_row_outlives_its_until(tmp_path: Path) -> None:
+    """Still in the queue (a long outage), the work's id keeps its lasting row, so that
+    once delivered it is kept the week."""
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        work = event()
+        spool.put_leased(
+            [(work["event_id"], json.dumps(work), work)],
+            1 << 30,
+            "reject",
+            lasting=[work["event_id"]],
+        )
+        with spool._transaction():
+            spool.conn.execute("UPDATE lasting_ids SET until = 0")
+        spool.prune_delivered(journal_start=time.time())
+        assert [r[0] for r in spool.conn.execute("SELECT event_id FROM lasting_ids")] == [
+            work["event_id"]
+        ]
+
+
+def test_a_week_of_delivered_ids_is_forgotten_a_chunk_a_round(
+    tmp_path: Path, pipelines: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table an older version filled for a week is pruned a bounded chunk at a time;
+    the lead prunes again after its next round while a chunk came back full."""
+    from cmdrdata_autotrack.export import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "PRUNE_CHUNK", 2)
+    pipeline = make(pipelines, settings_for(tmp_path, None, endpoint="http://127.0.0.1:9/none"))
+    with closing(Spool(pipeline.spool_path)) as spool:
+        old = [event() for _ in range(3)]
+        spool.put([(e["event_id"], json.dumps(e), e) for e in old], 1 << 30, "reject")
+        spool.ack([e["event_id"] for e in old])
+        _age_delivered(spool, 3600)
+        assert spool.prune_delivered(journal_start=None, limit=2) == 0  # within the week
+        never = -math.inf
+        assert pipeline._prune_delivered(spool, never) == never  # 2 of 3: again next round
+        assert len(_delivered(spool)) == 1
+        pruned_at = pipeline._prune_delivered(spool, never)  # the last one: done
+        assert pruned_at > never and _delivered(spool) == set()
+        assert pipeline._prune_delivered(spool, pruned_at) == pruned_at  # not due yet
+
+
+def test_the_journals_oldest_start_is_read_from_its_segments_names(tmp_path: Path) -> None:
+    from cmdrdata_autotrack.export.journal import Journal
+
+    folder = tmp_path / "journal"
+    journal = Journal(folder, 1 << 20)
+    before = time.time()
+    assert journal.oldest_start() >= before  # no folder yet: nothing to read again
+    folder.mkdir()
+    (folder / "12-1700000000000000000.jsonl").write_text("")
+    (folder / "13-1700000500000000000.jsonl").write_text("")
+    (folder / "notes.txt").write_text("")  # not a segment
+    assert journal.oldest_start() == 1_700_000_000.0
+    (folder / "odd.jsonl").write_text("")  # a name that does not say: not known
+    assert journal.oldest_start() is None
+    (folder / "odd.jsonl").unlink()
+    (folder / "14-\u00b2.jsonl").write_text("")  # digits Python's int() would refuse
+    assert journal.oldest_start() is None
+
+
+def test_the_importer_marks_deferred_works_ids_as_lasting(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    from cmdrdata_autotrack.export.pipeline import journal_line
+    from cmdrdata_autotrack.usage.work import ID_KEY, work_event_id
+
+    settings = settings_for(tmp_path, None, endpoint="http://127.0.0.1:9/none")
+    pipeline = make(pipelines, settings)  # no submit: no threads, this test imports
+    plain, work = span_record(), span_record(**{ID_KEY: "batch:batch_1/req_1"})
+    prebuilt = event()  # an event already (as older versions journaled): it does not say
+    for record in (plain, work, prebuilt):
+        assert pipeline.journal.append(journal_line(record).encode())
+    with closing(Spool(pipeline.spool_path)) as spool:
+        assert pipeline.import_journal(spool) == 3
+        lasting = {r[0] for r in spool.conn.execute("SELECT event_id FROM lasting_ids")}
+        assert spool.stats().depth == 3
+    assert lasting == {work_event_id("batch:batch_1/req_1"), prebuilt["event_id"]}
+
+
+def test_a_busy_lead_sender_forgets_delivered_ids_no_segment_can_give_again(
+    tmp_path: Path,
+    ingest: IngestServer,
+    pipelines: list[Pipeline],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lead prunes after the rounds that sent something too (a busy app never idles),
+    and a segment left in the journal keeps its events' ids."""
+    from cmdrdata_autotrack.export import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "PRUNE_DELIVERED_EVERY_S", 0.0)
+    settings = settings_for(tmp_path, ingest)
+    pipeline = make(pipelines, settings)
+    first = [pipeline.submit(r) or r for r in (span_record(), span_record())]
+    assert pipeline.flush(5)
+    with closing(Spool(pipeline.spool_path)) as spool:
+        assert len(_delivered(spool)) == 2
+        _age_delivered(spool, 3600)  # as if delivered an hour ago
+    # a segment started two hours ago is in the journal (its writer holds it, so that the
+    # importer leaves it there): every id delivered since may be in it, so all are kept
+    left = pipeline.spool_dir / "journal" / f"1-{time.time_ns() - 7200 * 10**9}.jsonl"
+    held = os.open(left, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        pipeline.submit(span_record())
+        assert pipeline.flush(5)
+        with closing(Spool(pipeline.spool_path)) as spool:
+            assert len(_delivered(spool)) == 3
+    finally:
+        os.close(held)
+    left.unlink()
+    pipeline.submit(span_record())
+    assert pipeline.flush(5)
+    pipeline.shutdown()  # the round's prune is behind it once its thread has ended
+    with closing(Spool(pipeline.spool_path)) as spool:
+        assert len(_delivered(spool)) == 2  # the two delivered an hour ago are forgotten
+    assert len(ingest.accepted_ids()) == 4 and ingest.duplicates() == 0
+    assert len(first) == 2
 
 
 def test_spool_overflow_is_counted_and_logged(tmp_path: Path, pipelines: list[Pipeline]) -> None:

@@ -302,6 +302,25 @@ class Journal:
             for path in [p for p in self._closed if not p.exists()]:
                 self._written = max(0, self._written - self._closed.pop(path))
 
+    def oldest_start(self) -> float | None:
+        """When the oldest segment in the folder (any process's, open or not) was started, in
+        seconds since the epoch, by its name; now when there is none, ``None`` when a name
+        does not say. Every event in the folder was written after it."""
+        oldest = time.time()
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return oldest
+        except OSError:
+            return None
+        for name in names:
+            if name.endswith(SUFFIX):
+                started = segment_start(name)
+                if started is None:
+                    return None
+                oldest = min(oldest, started)
+        return oldest
+
     def pending_bytes(self) -> int:
         return self._written
 
@@ -311,6 +330,14 @@ class Journal:
         with self._lock:
             closed = [*self._closed, *(s.path for s in (*self._retired, *self._closing))]
         return [path for path in closed if path.exists()]
+
+
+def segment_start(name: str) -> float | None:
+    """When the segment named ``name`` (``<pid>-<nanoseconds>.jsonl``) was started, in seconds."""
+    pid, _, nanos = name[: -len(SUFFIX)].partition("-")
+    if not (pid.isascii() and pid.isdigit() and nanos.isascii() and nanos.isdigit()):
+        return None
+    return int(nanos) / 1e9
 
 
 def _try_lock(fd: int, path: Path) -> bool:

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +49,7 @@ from ..config import Settings
 from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
 from ..usage import snapshot
+from ..usage.work import is_deferred_work
 from . import fleet_ledger, fleet_outbox, metered_store
 from . import identity as identities
 from . import ledger as ledger_db
@@ -63,7 +64,7 @@ from .client import (
 )
 from .journal import Journal, read_segment
 from .processor import resolved_attributes, span_record_to_event
-from .spool import Leased, Spool
+from .spool import PRUNE_CHUNK, Leased, Spool
 from .sqlite import DamagedDatabase, is_damage
 
 logger = logging.getLogger("cmdrdata_autotrack.delivery")
@@ -71,6 +72,9 @@ logger = logging.getLogger("cmdrdata_autotrack.delivery")
 IMPORT_BATCH_WINDOW_S = 0.05  # gather events at least this long before closing a segment
 IMPORT_SLICE = 64  # journal lines made into events and stored in one transaction
 IDLE_WAIT_S = 1.0
+# How often a lead sender forgets delivered ids: the table holds about this long's ids
+# (and the journal's margin's), so an acknowledgement writes into a small table.
+PRUNE_DELIVERED_EVERY_S = 60.0
 # A journal line, compact; built once (json.dumps with options makes an encoder per call).
 # Records are flat JSON made by the processor, never circular: no check needed.
 # A span record's line; a response copy in it holds the SDK's objects (usage.snapshot).
@@ -124,22 +128,28 @@ def journal_line(record: dict[str, Any]) -> str:
 
 def _events_of(
     lines: list[bytes], unattributed: str
-) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """Journal lines as ``(event_id, body, event)``: a span record made into its event."""
+) -> tuple[list[tuple[str, str, dict[str, Any] | None]], set[str]]:
+    """Journal lines as ``(event_id, body, event)``: a span record made into its event.
+    Also the ids a later sighting may give again (the spool keeps them delivered a week):
+    deferred work's, and those of lines that are events already (which do not say)."""
     events: list[tuple[str, str, dict[str, Any] | None]] = []
+    lasting: set[str] = set()
     for line in lines:
         try:
             event = _LINE.decode(line.decode())
             if "a" in event and "event_id" not in event:  # a span record
+                again = is_deferred_work(event["a"])
                 event = span_record_to_event(event, unattributed)
                 raw = _EVENT_BODY.encode(event)
             else:
-                raw = line.decode()
+                again, raw = True, line.decode()
             events.append((event["event_id"], raw, event))
+            if again:
+                lasting.add(event["event_id"])
         except (ValueError, KeyError, TypeError):
             metrics.increment("events_malformed")
             warn_once("journal-garbage", "cmdrdata: skipped a malformed journal line")
-    return events
+    return events, lasting
 
 
 class Round(NamedTuple):
@@ -402,7 +412,7 @@ class Pipeline:
                 # this thread grows to hold, and keeps (a stop or damage in between is safe:
                 # the segment is imported again, and what was stored is skipped by its id).
                 for start in range(0, len(lines), IMPORT_SLICE):
-                    events = _events_of(lines[start : start + IMPORT_SLICE], unattributed)
+                    events, lasting = _events_of(lines[start : start + IMPORT_SLICE], unattributed)
                     stored, refused, handed = targets.put(
                         owner,
                         events,
@@ -410,6 +420,7 @@ class Pipeline:
                         self.settings.spool_overflow,
                         self.ledger_path,
                         lease,
+                        lasting,
                     )
                     del events  # freed before the next slice is made, not after
                     added, dropped = added + stored, dropped + refused
@@ -502,7 +513,7 @@ class Pipeline:
         except BaseException:
             self._close_spool(spool)
             raise
-        pruned_at = compacted_at = 0.0
+        pruned_at, compacted_at = -math.inf, 0.0  # (monotonic, wall clock)
         last_call = full = reclaimed = False
         last_request = -math.inf
         try:
@@ -532,6 +543,7 @@ class Pipeline:
                 if attempted:
                     last_request = started
                     self._publish_state(spool)
+                    pruned_at = self._prune_delivered(spool, pruned_at)  # (a busy app too)
                     continue
                 due_in = spool.next_due_in(self.serves)  # other identities are not ours
                 if stopping:
@@ -552,17 +564,26 @@ class Pipeline:
                 self._wake_send.wait(wait)
                 self._wake_send.clear()
                 spool.reclaim(owner_is_dead)
+                pruned_at = self._prune_delivered(spool, pruned_at)
                 now = time.time()
-                if now - pruned_at > 3600:  # idle: housekeeping
-                    spool.prune_delivered()
-                    pruned_at = now
-                if now - compacted_at > 60:
+                if now - compacted_at > 60:  # idle: housekeeping
                     spool.compact()
                     compacted_at = now
         finally:
             self._release_handoff(spool)
             self._done_with_client()
             self._close_spool(spool)
+
+    def _prune_delivered(self, spool: Spool, pruned_at: float) -> float:
+        """Forget, once a minute, the delivered ids no journal segment can give again
+        (:meth:`.Spool.prune_delivered`); returns when it last did. A table an older
+        version filled is pruned a chunk a round, until it is done."""
+        now = time.monotonic()
+        if now - pruned_at < PRUNE_DELIVERED_EVERY_S:
+            return pruned_at
+        if spool.prune_delivered(self.journal.oldest_start(), limit=PRUNE_CHUNK) >= PRUNE_CHUNK:
+            return pruned_at  # more to forget: again after the next round
+        return now
 
     def _release_handoff(self, spool: Spool) -> None:
         """The lead stops: events handed over but never sent go back to the spool at once,
@@ -1152,9 +1173,11 @@ class ImportTargets:
         policy: str,
         default_ledger: Path,
         lease: tuple[str, float] | None = None,
+        lasting: Collection[str] = (),
     ) -> tuple[int, int, list[Leased]]:
         """Store one segment's events; returns ``(added, dropped, leased)``: with ``lease``
-        (owner, until), spooled events come back leased to it. Raises
+        (owner, until), spooled events come back leased to it; ``lasting``: the ids the
+        spool keeps a week once delivered (:meth:`.Spool.prune_delivered`). Raises
         :class:`DamagedDatabase` when their store is damaged."""
         keyless, target = self.check(owner, default_ledger)
         try:
@@ -1169,7 +1192,7 @@ class ImportTargets:
                 self.recorded += added
                 return added, 0, []
             added, dropped, leased = self.spool().put_leased(
-                events, max_bytes, policy, owner.fingerprint, lease
+                events, max_bytes, policy, owner.fingerprint, lease, lasting
             )
             self.spooled += added
             if self.fleet is not None:  # what was metered, for report and reconcile

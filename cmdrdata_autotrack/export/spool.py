@@ -7,7 +7,9 @@ another process sends the event again, with the same idempotency key.
 
 * ``events``: waiting, keyed by ``event_id`` (an event spooled twice is kept once).
 * ``delivered``: ids acknowledged recently, so an event read again from a
-  journal after a crash is not sent again (kept for a week).
+  journal after a crash is not sent again: kept while a journal segment may still
+  hold them, and a week for deferred work's events (``lasting_ids``), which a later
+  sighting gives again (:meth:`Spool.prune_delivered`).
 * ``dead_letters``: events the API refused for good, with the reason.
 * ``meta``: running byte total (kept by the statements that add or remove events,
   in their transaction), the senders' shared state
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -71,6 +73,12 @@ CREATE TABLE IF NOT EXISTS dead_letter_identities (
     event_id TEXT PRIMARY KEY,
     identity TEXT NOT NULL
 ) WITHOUT ROWID;
+-- The ids of deferred work's events (a background response, a batch request): the work
+-- may be sighted finished again at any time, so their delivered ids are kept the week.
+CREATE TABLE IF NOT EXISTS lasting_ids (
+    event_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('bytes', '0');
 """
@@ -89,6 +97,10 @@ CREATE INDEX IF NOT EXISTS events_by_identity ON events (identity, seq);
 """
 
 DELIVERED_KEEP_S = 7 * 24 * 3600
+# How far before the oldest journal segment's start a delivered id is still kept: a clock
+# set back by less than this cannot make an id look older than the segment it came from.
+JOURNAL_MARGIN_S = 300.0
+PRUNE_CHUNK = 20_000  # delivered ids deleted by one prune (one transaction)
 _IN_CHUNK = 300  # ids per ``IN (...)`` list (three lists a query): under SQLite's old 999
 _NO_BATCH = "no-batch:"  # meta key prefix: a batch endpoint that answered 404/405, and when
 _INSERT = (
@@ -248,10 +260,12 @@ class Spool:
         policy: str,
         identity: str = UNKNOWN,
         lease: tuple[str, float] | None = None,
+        lasting: Collection[str] = (),
     ) -> tuple[int, int, list[Leased]]:
         """:meth:`put`, the rows already leased to ``lease`` (owner, until) when given:
         the importing process hands them to its own senders, with no lease to take.
-        Also returns the events added (the ones now leased)."""
+        Also returns the events added (the ones now leased). ``lasting``: the ids among
+        them that a later sighting may give again (deferred work, :meth:`prune_delivered`)."""
         conn = self.conn
         now = time.time()
         owner, until = lease if lease is not None else (None, 0.0)
@@ -287,6 +301,11 @@ class Spool:
                     total += size
                 inserted += rows
             conn.executemany(_INSERT, rows)
+            if lasting:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO lasting_ids VALUES (?, ?)",
+                    [(event_id, now + DELIVERED_KEEP_S) for event_id in lasting],
+                )
             added = len(inserted)
             self._add_bytes(sum(row[2] for row in inserted) - freed_all)
         if lease is None:
@@ -520,8 +539,51 @@ class Spool:
         keys = ("event_id", "reason", "status", "attempts", "failed_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def prune_delivered(self, keep_s: float = DELIVERED_KEEP_S) -> None:
-        self._write([("DELETE FROM delivered WHERE delivered_at < ?", (time.time() - keep_s,))])
+    def prune_delivered(
+        self,
+        journal_start: float | None = None,
+        keep_s: float = DELIVERED_KEEP_S,
+        limit: int = PRUNE_CHUNK,
+    ) -> int:
+        """Forget up to ``limit`` delivered ids that no reading can give again; returns how
+        many (``limit``: there may be more).
+
+        An id is remembered so that its event, read again, is not sent again. It can be
+        read again two ways: a journal segment imported a second time (a crash after its
+        events were spooled, before the segment was deleted), and deferred work sighted
+        finished again. The ids of deferred work (``lasting_ids``) are kept ``keep_s``.
+        Any other id is kept only while a segment it may have come from is still in the
+        journal: an event is delivered after its segment was started, so with
+        ``journal_start`` (when the journal folder's oldest segment was started) the ids
+        delivered before it, less :data:`JOURNAL_MARGIN_S`, are read from no segment.
+        ``None`` (not known): kept ``keep_s``, as every id was before. Kept a week, the
+        ids of a busy app grew this table to millions of rows, each acknowledgement a
+        random write into it; ``limit`` bounds what one call deletes from such a table
+        (a transaction, the write-ahead log's growth, the sender's pause).
+        """
+        now = time.time()
+        week_ago = now - keep_s
+        horizon = week_ago
+        if journal_start is not None:
+            horizon = max(week_ago, min(journal_start, now) - JOURNAL_MARGIN_S)
+        conn = self.conn
+        with self._transaction():
+            forgotten = conn.execute(
+                "DELETE FROM delivered WHERE event_id IN (SELECT event_id FROM delivered "
+                "WHERE delivered_at < ? AND "
+                "(delivered_at < ? OR event_id NOT IN (SELECT event_id FROM lasting_ids)) "
+                "LIMIT ?)",
+                (horizon, week_ago, limit),
+            ).rowcount
+            # a lasting id goes once its delivered id went (or it was never delivered and
+            # is no longer waiting: dead-lettered, dropped)
+            conn.execute(
+                "DELETE FROM lasting_ids WHERE until < ? "
+                "AND event_id NOT IN (SELECT event_id FROM delivered) "
+                "AND event_id NOT IN (SELECT event_id FROM events)",
+                (now,),
+            )
+        return forgotten
 
     def next_due_in(self, identities: Sequence[str] | None = None) -> float | None:
         """Seconds until the next event (of ``identities``) is due (0 if one is due now),

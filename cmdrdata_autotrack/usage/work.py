@@ -38,6 +38,14 @@ def event_id_override(attributes: Mapping[str, Any]) -> str | None:
     return None
 
 
+def is_deferred_work(attributes: object) -> bool:
+    """Whether a span's attributes are deferred work's (its event is keyed by the work)."""
+    if not isinstance(attributes, dict):
+        return False
+    key = attributes.get(ID_KEY)
+    return isinstance(key, str) and bool(key)
+
+
 def makes_no_event(attributes: Mapping[str, Any]) -> bool:
     """A span of deferred work that bills nothing (yet): it stays in traces only."""
     state = attributes.get(STATE)
