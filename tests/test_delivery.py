@@ -325,7 +325,8 @@ def test_delivered_ids_are_kept_while_a_journal_segment_may_give_them_again(
 ) -> None:
     """An ordinary id is forgotten once every segment in the journal started after it was
     delivered (by more than the clock margin); a deferred work's id is kept the week."""
-    from cmdrdata_autotrack.export.spool import DELIVERED_KEEP_S, JOURNAL_MARGIN_S
+    from cmdrdata_autotrack.export.journal import JOURNAL_MARGIN_S
+    from cmdrdata_autotrack.export.spool import DELIVERED_KEEP_S
 
     with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
         plain, work = event(), event()

@@ -114,7 +114,7 @@ def tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         return {
             table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in ("usage_hourly", "usage_minutely", "recorded", "groups")
+            for table in ("usage_hourly", "usage_minutely", "recorded", "groups", "lasting")
         }
     finally:
         conn.close()
@@ -431,6 +431,111 @@ def test_pruning_keeps_minutes_for_two_days_hours_for_the_retention(
         assert other.prune(NOW) is None
     finally:
         other.close()
+
+
+def _recorded(store: MeteredStore) -> set[str]:
+    """The ids recorded, as their hashes in hex."""
+    return {bytes(row[0]).hex() for row in tables(store.path)["recorded"]}
+
+
+def _hash(event_id: str) -> str:
+    return metered_store._id_key(event_id).hex()
+
+
+def test_ids_no_journal_segment_holds_are_forgotten_but_deferred_works(
+    store: MeteredStore,
+) -> None:
+    """As the spool's delivered ids: an ordinary id goes once every journal segment
+    started after it was recorded (a minute's rounding and the clock margin aside); a
+    deferred work's stays its 48 hours, and goes with its recorded id."""
+    from cmdrdata_autotrack.export.journal import JOURNAL_MARGIN_S
+
+    plain, work = event("plain", NOW - HOUR), event("work", NOW - HOUR)
+    store.put(items([plain, work]), now=NOW - HOUR, lasting={"ev-work"})
+    both = {_hash("ev-plain"), _hash("ev-work")}
+    assert store.forget_ids(None, now=NOW) == 0  # not known: kept
+    assert store.forget_ids(NOW - 2 * HOUR, now=NOW) == 0  # an older segment is there
+    # recorded within the margin and a minute before the oldest segment's start: kept
+    assert store.forget_ids(NOW - HOUR + JOURNAL_MARGIN_S + 60, now=NOW) == 0
+    assert _recorded(store) == both
+    assert store.forget_ids(NOW, now=NOW) == 1
+    assert _recorded(store) == {_hash("ev-work")}
+    assert store.put(items([plain, work]), now=NOW) == 1  # the work is still known
+    pruned = store.prune(NOW + 3 * DAY, every_s=0)  # past the 48 hours: the work goes too
+    assert pruned is not None and pruned.event_ids == 2
+    assert tables(store.path)["lasting"] == []
+
+
+def test_an_hour_an_older_version_recorded_is_kept_its_whole_hour(store: MeteredStore) -> None:
+    """Up to 0.7.2 an id's time was its hour: on a whole hour, it may have been recorded
+    59 minutes later, so it is forgotten only an hour past the horizon."""
+    from cmdrdata_autotrack.export.journal import JOURNAL_MARGIN_S
+
+    hour = floor(NOW - 2 * HOUR)
+    conn = store._connection()  # (the file made, as an older version would have)
+    with metered_store._transaction(conn):
+        conn.execute("INSERT INTO recorded VALUES (?, ?)", (metered_store._id_key("old"), hour))
+    start = hour + 30 * 60 + JOURNAL_MARGIN_S  # half an hour in, past the margin
+    assert store.forget_ids(start, now=NOW) == 0
+    assert store.forget_ids(hour + HOUR + 60 + JOURNAL_MARGIN_S, now=NOW) == 1
+
+
+def test_the_recorder_forgets_once_a_minute_after_an_import_pass(tmp_path: Path) -> None:
+    recorder = metered_store.MeteredRecorder(tmp_path)
+    asked: list[float] = []
+
+    def journal_start() -> float | None:
+        asked.append(time.time())
+        return time.time()
+
+    recorder.tick(journal_start, now=0.0)
+    assert asked == []  # before the first pass: nothing
+    recorder.record(items([event("a", NOW)]))
+    recorder.tick(journal_start, now=0.0)
+    recorder.tick(journal_start, now=59.0)
+    assert len(asked) == 1
+    recorder.tick(journal_start, now=60.0)
+    assert len(asked) == 2
+    recorder.close()
+
+
+def test_a_record_an_older_version_filled_is_caught_up_a_chunk_a_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metered_store, "_PRUNE_CHUNK", 2)
+    recorder = metered_store.MeteredRecorder(tmp_path)
+    recorder.record(items([event(n, NOW) for n in range(3)]))
+    conn = recorder.store._connection()
+    with metered_store._transaction(conn):  # recorded two hours ago, minute-exact
+        conn.execute("UPDATE recorded SET hour = hour - 7200 + 60")
+    recorder.tick(time.time, now=0.0)  # 2 of 3: more next pass, whenever that comes
+    assert len(tables(recorder.store.path)["recorded"]) == 1
+    recorder.tick(time.time, now=1.0)
+    assert tables(recorder.store.path)["recorded"] == []
+    recorder.tick(time.time, now=2.0)  # done: not again before the minute is up
+    recorder.record(items([event("new", NOW)]))
+    with metered_store._transaction(conn):
+        conn.execute("UPDATE recorded SET hour = hour - 7200 + 60")
+    recorder.tick(time.time, now=3.0)
+    assert len(tables(recorder.store.path)["recorded"]) == 1
+    recorder.close()
+
+
+def test_the_importer_records_deferred_works_ids_as_lasting(tmp_path: Path) -> None:
+    from test_delivery import span_record
+
+    from cmdrdata_autotrack.export.pipeline import journal_line
+    from cmdrdata_autotrack.usage.work import ID_KEY, work_event_id
+
+    pipeline = Pipeline(settings_for(tmp_path, None, endpoint="http://127.0.0.1:9/none"))
+    try:
+        for record in (span_record(), span_record(**{ID_KEY: "response:resp_1"})):
+            assert pipeline.journal.append(journal_line(record).encode())
+        assert pipeline.import_journal() == 2
+    finally:
+        pipeline.shutdown(0)
+    lasting = tables(tmp_path / "spool" / METERED_FILE)["lasting"]
+    assert [bytes(row[0]).hex() for row in lasting] == [_hash(work_event_id("response:resp_1"))]
 
 
 def test_a_record_written_for_months_stays_within_its_retention(tmp_path: Path) -> None:

@@ -50,6 +50,10 @@ SUFFIX = ".jsonl"
 HEADER_KEY = "cmdrdata_journal"  # a line with this key is a segment's header, not an event
 SEGMENT_BYTES = 1 << 20  # a mapped segment's reserved size; a longer line gets its own
 _MAPPABLE = hasattr(os, "posix_fallocate") and hasattr(mmap, "MAP_SHARED")
+# How long before the oldest segment's start an id delivered or recorded is still kept
+# (``Journal.oldest_start``): a clock set back by less than this cannot make an id look
+# older than the segment it came from.
+JOURNAL_MARGIN_S = 300.0
 
 
 class _Segment:

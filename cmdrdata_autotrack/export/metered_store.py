@@ -16,14 +16,18 @@ transaction per journal segment. It holds sums, never the events themselves:
   and ranges that start or end mid-hour. The *minute horizon* (in ``meta``) says
   from when on they are complete; pruning moves it forward by whole hours.
 * ``groups``: what each group is (a row id stands for it in the sums).
-* ``recorded``: a 16-byte hash of each event id recorded, with the hour it was
-  recorded in, kept for 48 hours. An event counts only if its id is new here,
-  checked and added in the write transaction (SQLite's write lock makes two
-  importers take turns): a journal segment imported again after a crash (spooled,
-  not yet deleted) or the same event imported twice changes nothing. The window
-  runs from when an event was recorded: a segment left by a crash is imported by
-  the next import pass of any process sharing the spool folder, and pruning runs
-  only after a pass, so however long the machine was down the ids it needs are there.
+* ``recorded``: a 16-byte hash of each event id recorded, with the minute it was
+  recorded in (the column is named ``hour``: it held the hour up to 0.7.2, and an
+  older version's pruning compares it the same way). An event counts only if its id
+  is new here, checked and added in the write transaction (SQLite's write lock makes
+  two importers take turns): a journal segment imported again after a crash
+  (spooled, not yet deleted) or the same event imported twice changes nothing.
+  Deferred work's ids (``lasting``: the same event at each sighting) are kept 48
+  hours from when they were recorded. Any other id is kept while a journal segment
+  may still hold it (:meth:`MeteredStore.forget_ids`, the spool's rule). A segment
+  left by a crash is imported by the next import pass of any process sharing the
+  spool folder, and pruning runs only after a pass, so however long the machine was
+  down the ids it needs are there.
 
 Failing to write (a damaged or read-only file, a full disk) never holds up
 delivery: :class:`MeteredRecorder` logs it once, counts the events
@@ -40,7 +44,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +66,7 @@ from .fleet_ledger import (
     plan,
     summed,
 )
+from .journal import JOURNAL_MARGIN_S
 from .sqlite import DamagedDatabase, connect, is_damage, run_script
 
 if TYPE_CHECKING:
@@ -74,6 +79,7 @@ MINUTE = 60
 MINUTE_WINDOW_S = RAW_WINDOW_S  # minute sums: as long as the fleet ledger keeps events
 DEDUP_WINDOW_S = RAW_WINDOW_S  # event ids, from when they were recorded
 PRUNE_EVERY_S = 600.0  # shared by the processes of a spool folder (``pruned_at`` in meta)
+FORGET_EVERY_S = 60.0  # how often an importer forgets the ids no journal segment holds
 RETRY_S = 30.0  # after a failure, the file is tried again this much later
 BUSY_TIMEOUT_S = 5.0  # the importer waits at most this long for another writer
 WRITE_CHUNK = 2_000  # events per write transaction
@@ -139,6 +145,7 @@ CREATE TABLE IF NOT EXISTS groups (
 CREATE INDEX IF NOT EXISTS groups_by_customer ON groups (customer_id);
 CREATE TABLE IF NOT EXISTS recorded (id BLOB PRIMARY KEY, hour INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recorded_by_hour ON recorded (hour);
+CREATE TABLE IF NOT EXISTS lasting (id BLOB PRIMARY KEY) WITHOUT ROWID;
 """
     + _sums_table("usage_hourly", "hour")
     + _sums_table("usage_minutely", "minute")
@@ -242,10 +249,14 @@ class MeteredStore:
     # --- writing ----------------------------------------------------------------------------
 
     def put(
-        self, events: Iterable[tuple[str, str, Mapping[str, Any] | None]], now: float | None = None
+        self,
+        events: Iterable[tuple[str, str, Mapping[str, Any] | None]],
+        now: float | None = None,
+        lasting: Collection[str] = (),
     ) -> int:
         """Sum ``(event_id, json, event)`` items into the record; returns how many were new
-        (the others were recorded already, or are not usage events)."""
+        (the others were recorded already, or are not usage events). ``lasting``: the ids
+        a later sighting may give again (deferred work's), kept the whole dedup window."""
         moment = time.time() if now is None else now
         fresh: dict[bytes, tuple[float, Mapping[str, Any]]] = {}
         for event_id, raw, event in events:
@@ -260,9 +271,10 @@ class MeteredStore:
             if key not in fresh:  # the first of an id repeated in one call wins
                 fresh[key] = (event_time(event, moment), event)
         ordered = sorted(fresh)
+        again = {_id_key(event_id) for event_id in lasting}
         added = 0
         for start in range(0, len(ordered), WRITE_CHUNK):
-            added += self._write(ordered[start : start + WRITE_CHUNK], fresh, moment)
+            added += self._write(ordered[start : start + WRITE_CHUNK], fresh, moment, again)
         return added
 
     def _write(
@@ -270,6 +282,7 @@ class MeteredStore:
         ids: list[bytes],
         fresh: Mapping[bytes, tuple[float, Mapping[str, Any]]],
         now: float,
+        lasting: set[bytes],
     ) -> int:
         """One transaction: the new ids among ``ids``, and their sums per hour and minute."""
         conn = self._connection()
@@ -279,8 +292,11 @@ class MeteredStore:
             if not new:
                 return 0
             conn.executemany(
-                "INSERT INTO recorded VALUES (?, ?)", [(i, floor_to(now, HOUR)) for i in new]
+                "INSERT INTO recorded VALUES (?, ?)", [(i, floor_to(now, MINUTE)) for i in new]
             )
+            if lasting:
+                kept = [(i,) for i in new if i in lasting]
+                conn.executemany("INSERT OR IGNORE INTO lasting VALUES (?)", kept)
             items = [(fresh[i][0], fresh[i][1], group_of(fresh[i][1])) for i in new]
             horizon = _meta(conn, "minute_horizon", _T_MIN)
             refs = _group_refs(conn, {group for _, _, group in items})
@@ -336,6 +352,8 @@ class MeteredStore:
         event_ids = self._delete_before(
             "recorded", "hour", floor_to(moment - self.dedup_window_s, HOUR)
         )
+        with _transaction(conn):  # a deferred work's id goes with its recorded id
+            conn.execute("DELETE FROM lasting WHERE id NOT IN (SELECT id FROM recorded)")
         groups = 0
         if minute_rows or hourly_rows:  # a group left without sums goes too (each looked up)
             with _transaction(conn):
@@ -347,6 +365,37 @@ class MeteredStore:
         if minute_rows or hourly_rows or event_ids:
             conn.executescript("PRAGMA incremental_vacuum;")  # the freed pages, to the end
         return Pruned(minute_rows, hourly_rows, event_ids, groups, horizon)
+
+    def forget_ids(
+        self, journal_start: float | None, now: float | None = None, limit: int = _PRUNE_CHUNK
+    ) -> int:
+        """Forget up to ``limit`` recorded ids no journal segment can give again, but deferred
+        work's, in one transaction; returns how many (``limit``: there may be more).
+
+        ``journal_start``: when the journal folder's oldest segment was started (``None``:
+        not known, nothing is forgotten). As the spool's ``prune_delivered``: an event is
+        recorded after its segment was started, so an id recorded a whole minute before
+        ``journal_start`` (less the clock margin) is in no segment left. Kept 48 hours, a
+        busy app's ids made this table millions of rows, each import a random write into
+        it."""
+        if journal_start is None:
+            return 0
+        moment = time.time() if now is None else now
+        # recorded in the minute m: at m + 59 s at the latest, so forgotten once m + 60 s is
+        # at or before the horizon. A time on a whole hour may be an hour an older version
+        # wrote (recorded up to 59 minutes later): it waits an hour more.
+        horizon = floor_to(min(journal_start, moment) - JOURNAL_MARGIN_S, MINUTE)
+        bound_minute, bound_hour = horizon - MINUTE, horizon - HOUR
+        conn = self._connection()
+        with _transaction(conn):
+            return int(
+                conn.execute(
+                    "DELETE FROM recorded WHERE id IN (SELECT id FROM recorded WHERE hour < ? "
+                    "AND (hour % 3600 != 0 OR hour < ?) "
+                    "AND id NOT IN (SELECT id FROM lasting) LIMIT ?)",
+                    (bound_minute, bound_hour, limit),
+                ).rowcount
+            )
 
     def _delete_before(self, table: str, column: str, bound: int) -> int:
         """Delete the rows of ``table`` with ``column < bound``, in short transactions."""
@@ -579,7 +628,7 @@ class MeteredRecorder:
         self.store = MeteredStore(self.path, retention_days=retention_days)
         self._retry_at = 0.0
         self._reason = ""
-        self._pruned_at = -math.inf
+        self._pruned_at = self._forgot_at = -math.inf
         self._used = False
         self.recorded = 0  # events new to the record, through this recorder
         self.missed = 0  # events it could not record
@@ -588,9 +637,11 @@ class MeteredRecorder:
         self,
         events: Sequence[tuple[str, str, Mapping[str, Any] | None]],
         spool: Spool | None = None,
+        lasting: Collection[str] = (),
     ) -> int:
-        """Sum one segment's events into the record; returns how many were new. On failure
-        the events are counted, logged once and flagged in ``spool``'s state."""
+        """Sum one segment's events into the record; returns how many were new (``lasting``:
+        deferred work's ids, :meth:`MeteredStore.put`). On failure the events are counted,
+        logged once and flagged in ``spool``'s state."""
         if not events:
             return 0
         if time.monotonic() < self._retry_at:  # failed a moment ago: not yet again
@@ -598,7 +649,7 @@ class MeteredRecorder:
             return 0
         self._used = True
         try:
-            added = self.store.put(events)
+            added = self.store.put(events, lasting=lasting)
         except Exception as exc:  # the record is a convenience: delivery goes on regardless
             self._failed(exc)
             self._missed(events, spool)
@@ -606,17 +657,27 @@ class MeteredRecorder:
         self.recorded += added
         return added
 
-    def tick(self, now: float | None = None) -> None:
-        """After an import pass: prune now and then (never before the first pass is done:
-        a segment replayed after a crash is checked against the ids it needs first)."""
+    def tick(
+        self, journal_start: Callable[[], float | None] | None = None, now: float | None = None
+    ) -> None:
+        """After an import pass: forget the ids no journal segment can give again once a
+        minute (``journal_start``: :meth:`.Journal.oldest_start`), prune now and then
+        (never before the first pass is done: a segment replayed after a crash is checked
+        against the ids it needs first)."""
         moment = time.monotonic() if now is None else now
-        if not self._used or moment - self._pruned_at < PRUNE_EVERY_S:
+        if not self._used or time.monotonic() < self._retry_at:
             return
-        if time.monotonic() < self._retry_at:
-            return
-        self._pruned_at = moment
         try:
-            self.store.prune()
+            # a chunk a pass: a record an older version filled is caught up pass by pass
+            if (
+                journal_start is not None
+                and moment - self._forgot_at >= FORGET_EVERY_S
+                and self.store.forget_ids(journal_start(), limit=_PRUNE_CHUNK) < _PRUNE_CHUNK
+            ):
+                self._forgot_at = moment
+            if moment - self._pruned_at >= PRUNE_EVERY_S:
+                self._pruned_at = moment
+                self.store.prune()
         except Exception as exc:
             self._failed(exc)
 

@@ -453,7 +453,7 @@ class Pipeline:
         if targets.fleet is not None:  # what waited for the fleet ledger; pruning
             targets.fleet.tick()
         if targets.metered is not None:  # pruning, after the pass (see metered_store)
-            targets.metered.tick()
+            targets.metered.tick(self.journal.oldest_start)
         if targets.spooled > spooled_before and (
             not self._lingering or self._fresh >= self.batch_size
         ):
@@ -1198,7 +1198,7 @@ class ImportTargets:
             if self.fleet is not None:  # what was metered, for report and reconcile
                 _record_in_fleet(self.fleet, owner, events, max_bytes, policy)
             elif self.metered is not None:  # the same, locally (never raises)
-                self.metered.record(events, self.spool())
+                self.metered.record(events, self.spool(), lasting)
             return added, dropped, leased
         except (sqlite3.DatabaseError, DamagedDatabase) as exc:
             if not is_damage(exc):

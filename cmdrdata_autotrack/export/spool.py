@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .identity import UNKNOWN
+from .journal import JOURNAL_MARGIN_S
 from .sqlite import DamagedDatabase, connect, is_damage, run_script
 
 SCHEMA = """
@@ -97,9 +98,6 @@ CREATE INDEX IF NOT EXISTS events_by_identity ON events (identity, seq);
 """
 
 DELIVERED_KEEP_S = 7 * 24 * 3600
-# How far before the oldest journal segment's start a delivered id is still kept: a clock
-# set back by less than this cannot make an id look older than the segment it came from.
-JOURNAL_MARGIN_S = 300.0
 PRUNE_CHUNK = 20_000  # delivered ids deleted by one prune (one transaction)
 _IN_CHUNK = 300  # ids per ``IN (...)`` list (three lists a query): under SQLite's old 999
 _NO_BATCH = "no-batch:"  # meta key prefix: a batch endpoint that answered 404/405, and when
