@@ -300,7 +300,8 @@ def test_several_processes_count_every_call_exactly_once(apps: Any, tmp_path: Pa
             tmp_path,
             CMDRDATA_LIMITS_FILE=file,
             CMDRDATA_LIMITS_SYNC_INTERVAL="0.01",
-            APP_FROZEN_TIME="",  # the real clock: counts are summed over windows
+            # (the frozen clock: on the real one, a run across a minute's end split the
+            # requests between two windows, and a sync purged the ended one's count)
         )
         for _ in range(3)
     ]
