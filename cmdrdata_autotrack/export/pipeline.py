@@ -130,8 +130,9 @@ def _events_of(
     lines: list[bytes], unattributed: str
 ) -> tuple[list[tuple[str, str, dict[str, Any] | None]], set[str]]:
     """Journal lines as ``(event_id, body, event)``: a span record made into its event.
-    Also the ids a later sighting may give again (the spool keeps them delivered a week):
-    deferred work's, and those of lines that are events already (which do not say)."""
+    Also the ids a later sighting may give again, which the spool and the metered record
+    remember for their whole window: deferred work's, and those of lines that are events
+    already (which do not say)."""
     events: list[tuple[str, str, dict[str, Any] | None]] = []
     lasting: set[str] = set()
     for line in lines:
