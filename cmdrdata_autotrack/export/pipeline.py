@@ -137,13 +137,14 @@ def _events_of(
     lasting: set[str] = set()
     for line in lines:
         try:
-            event = _LINE.decode(line.decode())
+            text = line.decode()
+            event = _LINE.decode(text)
             if "a" in event and "event_id" not in event:  # a span record
                 again = is_deferred_work(event["a"])
                 event = span_record_to_event(event, unattributed)
                 raw = _EVENT_BODY.encode(event)
-            else:
-                again, raw = True, line.decode()
+            else:  # an event already: its line is its body
+                again, raw = True, text
             events.append((event["event_id"], raw, event))
             if again:
                 lasting.add(event["event_id"])
@@ -1178,7 +1179,8 @@ class ImportTargets:
     ) -> tuple[int, int, list[Leased]]:
         """Store one segment's events; returns ``(added, dropped, leased)``: with ``lease``
         (owner, until), spooled events come back leased to it; ``lasting``: the ids the
-        spool keeps a week once delivered (:meth:`.Spool.prune_delivered`). Raises
+        spool and the metered record keep their whole window (:meth:`.Spool.prune_delivered`,
+        :meth:`.MeteredStore.forget_ids`). Raises
         :class:`DamagedDatabase` when their store is damaged."""
         keyless, target = self.check(owner, default_ledger)
         try:
