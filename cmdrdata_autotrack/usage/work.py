@@ -30,20 +30,21 @@ def work_event_id(key: str) -> str:
     return str(uuid.uuid5(WORK_NAMESPACE, key[:MAX_KEY]))
 
 
+def _work_key(attributes: Mapping[str, Any]) -> str | None:
+    """The work id a span's event is keyed by, or ``None`` (not deferred work)."""
+    key = attributes.get(ID_KEY)
+    return str.__str__(key) if isinstance(key, str) and key else None
+
+
 def event_id_override(attributes: Mapping[str, Any]) -> str | None:
     """The event id of a span of deferred work, or ``None`` (the span's own identity)."""
-    key = attributes.get(ID_KEY)
-    if isinstance(key, str) and key:
-        return work_event_id(str.__str__(key))
-    return None
+    key = _work_key(attributes)
+    return work_event_id(key) if key is not None else None
 
 
 def is_deferred_work(attributes: object) -> bool:
     """Whether a span's attributes are deferred work's (its event is keyed by the work)."""
-    if not isinstance(attributes, dict):
-        return False
-    key = attributes.get(ID_KEY)
-    return isinstance(key, str) and bool(key)
+    return isinstance(attributes, dict) and _work_key(attributes) is not None
 
 
 def makes_no_event(attributes: Mapping[str, Any]) -> bool:
