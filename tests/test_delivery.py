@@ -866,6 +866,56 @@ def test_an_older_versions_byte_triggers_are_dropped_and_honoured_while_they_las
     old.close()
 
 
+def test_an_ack_that_knows_its_bytes_keeps_the_total_exact(tmp_path: Path) -> None:
+    with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
+        spool.put(_spooled(6), 1 << 30, "reject")
+        leased = spool.lease("me", 4, 60)
+        spool.ack([x.event_id for x in leased[:2]], sum(len(x.body) for x in leased[:2]))
+        assert _total_is_exact(spool) and spool.stats().depth == 4
+        # one of them was gone already (another sender took it after this lease ran out):
+        # the size said is not what left, so the total is counted again
+        spool.ack([leased[2].event_id], len(leased[2].body))
+        spool.ack([x.event_id for x in leased[2:]], sum(len(x.body) for x in leased[2:]))
+        assert _total_is_exact(spool) and spool.stats().depth == 2
+        # with an older version's triggers back, they alone take the bytes off
+        old = sqlite3.connect(tmp_path / "spool.sqlite3")
+        old.executescript(OLD_BYTE_TRIGGERS)
+        old.commit()
+        rest = spool.lease("me", 2, 60)
+        spool.ack([x.event_id for x in rest], sum(len(x.body) for x in rest))
+        assert _total_is_exact(spool) and spool.stats().depth == 0
+        old.close()
+
+
+def _indexes(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    return {name for (name,) in rows}
+
+
+def test_an_older_versions_due_index_is_dropped_and_does_no_harm_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.sqlite3"
+    old_index = "CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at, lease_until)"
+    with closing(Spool(path)) as spool:
+        assert _indexes(spool.conn) == {"events_by_identity"}
+        spool.put(_spooled(4), 1 << 30, "reject")
+    old = sqlite3.connect(path)  # 0.7.2 opens it: its index is made again
+    old.execute(old_index)
+    old.commit()
+    with closing(Spool(path)) as spool:
+        assert _indexes(spool.conn) == {"events_by_identity"}
+        # while an older version sharing the spool keeps making it, this one still works
+        old.execute(old_index)
+        old.commit()
+        leased = spool.lease("me", 3, 60)
+        assert len(leased) == 3
+        spool.ack([x.event_id for x in leased], sum(len(x.body) for x in leased))
+        assert spool.stats().depth == 1 and _total_is_exact(spool)
+        assert _indexes(old) == {"events_by_identity", "events_due"}
+    old.close()
+
+
 def test_an_idle_compaction_recounts_the_byte_total(tmp_path: Path) -> None:
     with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
         spool.put(_spooled(3), 1 << 30, "reject")

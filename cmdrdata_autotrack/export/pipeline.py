@@ -773,6 +773,7 @@ class Pipeline:
 
     def _deliver_each(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
         delivered: list[str] = []
+        size = 0
         try:
             for index, item in enumerate(leased):
                 if not self.breaker.allow() or self._past_deadline():
@@ -783,6 +784,7 @@ class Pipeline:
                 self._answered(started)
                 if result.outcome == "delivered":
                     delivered.append(item.event_id)
+                    size += len(item.body)
                     self.breaker.success()
                     self.refusal = None
                 elif result.outcome == "refused":
@@ -793,7 +795,7 @@ class Pipeline:
                     self.breaker.failure()
         finally:
             if delivered:
-                spool.ack(delivered)
+                spool.ack(delivered, size)
                 metrics.increment("events_delivered", len(delivered))
 
     def _deliver_some(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
@@ -821,7 +823,7 @@ class Pipeline:
             self.refusal = None
             self._batch_works(spool)
             delivered = [x.event_id for x in leased if x.event_id not in failed]
-            spool.ack(delivered)
+            spool.ack(delivered, sum(len(x.body) for x in leased if x.event_id not in failed))
             metrics.increment("events_delivered", len(delivered))
             retries: dict[Result, list[Leased]] = {}
             for item in leased:
