@@ -916,6 +916,23 @@ def test_an_older_versions_due_index_is_dropped_and_does_no_harm_when_it_is_back
     old.close()
 
 
+def test_a_new_spool_has_large_pages_and_an_older_ones_keep_theirs(tmp_path: Path) -> None:
+    with closing(Spool(tmp_path / "new.sqlite3")) as spool:
+        assert spool.conn.execute("PRAGMA page_size").fetchone() == (8192,)
+        assert spool.conn.execute("PRAGMA cache_size").fetchone() == (-512,)
+    older = tmp_path / "older.sqlite3"
+    made = sqlite3.connect(older)  # as 0.7.2 made it: SQLite's default pages
+    made.execute("PRAGMA page_size = 4096")
+    made.execute("PRAGMA journal_mode = WAL")
+    made.close()
+    with closing(Spool(older)) as spool:
+        assert spool.conn.execute("PRAGMA page_size").fetchone() == (4096,)
+        spool.put(_spooled(3), 1 << 30, "reject")
+        leased = spool.lease("me", 3, 60)
+        spool.ack([x.event_id for x in leased], sum(len(x.body) for x in leased))
+        assert spool.stats().depth == 0 and _total_is_exact(spool)
+
+
 def test_an_idle_compaction_recounts_the_byte_total(tmp_path: Path) -> None:
     with closing(Spool(tmp_path / "spool.sqlite3")) as spool:
         spool.put(_spooled(3), 1 << 30, "reject")

@@ -102,6 +102,15 @@ CREATE INDEX IF NOT EXISTS events_by_identity ON events (identity, seq);
 DROP INDEX IF EXISTS events_due;
 """
 
+# Each page a transaction changes costs two writes to the write-ahead log and, at the
+# checkpoint, a read and a write more: a lease or an acknowledgement of 500 events
+# (1.2 kB each) changes about 170 pages of 4 kB, and delivery spent half its CPU in
+# those system calls. Pages of 8 kB halve their count, and a cache that holds what a
+# lease changed spares its acknowledgement reading it back (docs/performance.md has
+# the counts). A spool an older version made keeps its 4 kB pages.
+PAGE_SIZE = 8192
+CACHE_KIB = 512
+
 DELIVERED_KEEP_S = 7 * 24 * 3600
 PRUNE_CHUNK = 20_000  # delivered ids deleted by one prune (one transaction)
 _IN_CHUNK = 300  # ids per ``IN (...)`` list (three lists a query): under SQLite's old 999
@@ -146,7 +155,7 @@ class Spool:
     def __init__(self, path: Path) -> None:
         """Open (or create) the spool; raises :class:`DamagedDatabase` if it is not one."""
         self.path = path
-        self.conn: sqlite3.Connection = connect(path)
+        self.conn: sqlite3.Connection = connect(path, page_size=PAGE_SIZE, cache_kib=CACHE_KIB)
         run_script(self.conn, path, SCHEMA)
         try:
             self._migrate()

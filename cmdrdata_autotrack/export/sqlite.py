@@ -46,8 +46,17 @@ def is_damage(exc: BaseException) -> bool:
     return any(text in str(exc) for text in _DAMAGE_TEXTS)
 
 
-def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
+def connect(
+    path: Path,
+    busy_timeout_s: float = 10.0,
+    *,
+    page_size: int | None = None,
+    cache_kib: int | None = None,
+) -> sqlite3.Connection:
     """A connection for one thread; several processes may share the file.
+
+    ``page_size``: for a file this makes (an existing file keeps its own);
+    ``cache_kib``: this connection's page cache (:data:`CACHE_KIB` unless given).
 
     The folder is created 0700 and the file 0600 before SQLite opens it (SQLite
     gives its -wal and -shm files the database file's mode). Raises
@@ -59,7 +68,7 @@ def connect(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
         str(path), timeout=busy_timeout_s, isolation_level=None, cached_statements=STATEMENTS
     )
     try:
-        _configure(conn, busy_timeout_s)
+        _configure(conn, busy_timeout_s, page_size, cache_kib or CACHE_KIB)
     except sqlite3.DatabaseError as exc:
         conn.close()
         if is_damage(exc):
@@ -76,8 +85,12 @@ CACHE_KIB = 256  # per connection
 STATEMENTS = 16
 
 
-def _configure(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
+def _configure(
+    conn: sqlite3.Connection, busy_timeout_s: float, page_size: int | None, cache_kib: int
+) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    if page_size is not None:  # before the first write fixes it (a no-op on a made file)
+        conn.execute(f"PRAGMA page_size = {int(page_size)}")
     # Before anything else touches a new file: delete-heavy queues give pages back to the
     # file system (`PRAGMA incremental_vacuum`) instead of growing a free list.
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -93,10 +106,11 @@ def _configure(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
                     raise
                 time.sleep(0.01 * (attempt + 1))
     conn.execute("PRAGMA synchronous = NORMAL")
-    # A small page cache: the agent appends, reads what it just wrote and deletes it, so a
-    # cache serves it little, and SQLite's default (2 MiB per connection, with a connection
-    # per thread and per store) would be memory the app pays for.
-    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    # A small page cache: the agent mostly appends, reads what it just wrote and deletes
+    # it, and SQLite's default (2 MiB per connection, with a connection per thread and per
+    # store) would be memory the app pays for. The spool asks for a little more (what one
+    # lease changes, which its acknowledgement changes again).
+    conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
 
 
 def run_script(conn: sqlite3.Connection, path: Path, script: str) -> None:
