@@ -24,7 +24,7 @@ from test_delivery import KEY, event, settings_for
 
 from cmdrdata_autotrack.config import Settings
 from cmdrdata_autotrack.export.client import batch_key
-from cmdrdata_autotrack.export.pipeline import Pipeline
+from cmdrdata_autotrack.export.pipeline import HELP_AFTER_ROUNDS, Pipeline
 from cmdrdata_autotrack.export.spool import Spool
 
 from ingest_server import BATCH_PATH, EVENTS_PATH, IngestServer
@@ -152,6 +152,36 @@ def test_single_event_mode_sends_several_requests_at_once(
     assert all(r.path == EVENTS_PATH for r in ingest.requests)
     assert ingest.duplicates() == 0 and len(sent_ids(ingest)) == 120
     # several requests were held by the server at the same moment
+    assert max(_overlaps(ingest)) > 1
+
+
+def test_a_fast_api_that_stalls_for_two_rounds_gets_no_helpers(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    """Helpers pay against an API that is slow round after round; against a fast one
+    they only take turns at the GIL and the spool (and empty each other's page cache)."""
+    settings = defaults_for(tmp_path, ingest, batch_size=10)
+    ids = journal(settings, 100)
+    ingest.slow(0.2, times=HELP_AFTER_ROUNDS - 1)
+    pipeline = Pipeline(settings)
+    pipelines.append(pipeline)
+    assert pipeline.flush(20)
+    assert ingest.accepted_ids() == set(ids) and ingest.duplicates() == 0
+    # one sender: each request read after the one before it was answered
+    reads = [r.time for r in ingest.requests]
+    assert len(reads) == 10 and reads == sorted(reads)
+
+
+def test_a_batch_api_slow_round_after_round_gets_helpers(
+    tmp_path: Path, ingest: IngestServer, pipelines: list[Pipeline]
+) -> None:
+    ingest.latency = 0.05
+    settings = defaults_for(tmp_path, ingest, batch_size=10)
+    ids = journal(settings, 300)
+    pipeline = Pipeline(settings)
+    pipelines.append(pipeline)
+    assert pipeline.flush(20)
+    assert ingest.accepted_ids() == set(ids) and ingest.duplicates() == 0
     assert max(_overlaps(ingest)) > 1
 
 

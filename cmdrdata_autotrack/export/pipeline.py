@@ -98,8 +98,11 @@ DEFAULT_FLUSH_TIMEOUT_S = 5.0  # flush(nan): what flush() waits by default
 STATE_EVERY_S = 1.0  # the breaker's state for doctor: written on change, else this often
 # Helpers join in when the lead spends at least this share of a full round waiting for the
 # API's answers: concurrency pays against a slow API; against a fast one the round is CPU
-# (SQLite, JSON), and more senders would only take turns at the GIL and the spool's lock.
+# (SQLite, JSON), and more senders would only take turns at the GIL and the spool's lock
+# (and empty each other's page caches: 5 to 6 us more an event on loopback). A slow API is
+# slow round after round; one round's wait can be a moment's stall of a fast one.
 HELP_WHEN_WAITING = 0.5
+HELP_AFTER_ROUNDS = 3  # full rounds in a row, each waiting that much
 
 # What a forked child inherits from its parent's pipelines and must never use, close or
 # free: a connection whose lock or socket a parent's thread held mid-request. Kept here.
@@ -518,6 +521,7 @@ class Pipeline:
         pruned_at, compacted_at = -math.inf, 0.0  # (monotonic, wall clock)
         last_call = full = reclaimed = False
         last_request = -math.inf
+        slow_rounds = 0
         try:
             self._recall_batch_support(spool)
             spool.reclaim(owner_is_dead)
@@ -540,7 +544,8 @@ class Pipeline:
                 self._fresh = 0
                 started = time.monotonic()
                 attempted, full, waiting = self.send_round(spool, client)
-                if full and waiting >= HELP_WHEN_WAITING:
+                slow_rounds = slow_rounds + 1 if full and waiting >= HELP_WHEN_WAITING else 0
+                if slow_rounds >= HELP_AFTER_ROUNDS:
                     self._backlog.set()  # more is waiting: the helpers take their share
                 if attempted:
                     last_request = started
@@ -760,11 +765,13 @@ class Pipeline:
         waiting = self._waited.seconds / spent if spent > 0 else 0.0
         return Round(len(leased), full or bool(self._handoff), waiting)
 
-    def _answered(self, started: float) -> None:
-        """A request sent at ``started`` was answered (or failed): time it."""
+    def _answered(self, started: float, cpu: float) -> None:
+        """A request sent at ``started`` (this thread's CPU clock then at ``cpu``) was
+        answered (or failed): time it. The wait is what this thread did not work itself
+        (encoding and sending the body, reading the answer)."""
         elapsed = time.monotonic() - started
         metrics.observe("delivery_seconds", elapsed)
-        self._waited.seconds += elapsed
+        self._waited.seconds += max(0.0, elapsed - (time.thread_time() - cpu))
 
     # --- delivery ---------------------------------------------------------------------------
 
@@ -779,9 +786,9 @@ class Pipeline:
                 if not self.breaker.allow() or self._past_deadline():
                     self._give_back(spool, leased[index:])
                     break
-                started = time.monotonic()
+                started, cpu = time.monotonic(), time.thread_time()
                 result = client.send_one(item.event_id, item.body)
-                self._answered(started)
+                self._answered(started, cpu)
                 if result.outcome == "delivered":
                     delivered.append(item.event_id)
                     size += len(item.body)
@@ -815,9 +822,9 @@ class Pipeline:
             self._post_batch(spool, client, leased)
 
     def _post_batch(self, spool: Spool, client: DeliveryClient, leased: list[Leased]) -> None:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         overall, failed = client.send_batch([(x.event_id, x.body) for x in leased])
-        self._answered(started)
+        self._answered(started, cpu)
         if overall.outcome == "delivered":
             self.breaker.success()
             self.refusal = None
