@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from marked import counted, mark  # beside this script, on its path
+from marked import add_counting, counted, mark  # beside this script, on its path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -131,20 +131,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500, help="CMDRDATA_BATCH_SIZE")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--instructions",
-        type=int,
-        default=0,
-        metavar="EVENTS",
-        help="also count instructions under callgrind, draining this many events",
-    )
-    parser.add_argument(
         "--syscalls",
         type=int,
         default=0,
         metavar="EVENTS",
         help="also count file reads, writes and syncs under strace, draining this many",
     )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_counting(parser, "draining this many events")
     args = parser.parse_args()
     sys.path.insert(0, HERE)
     with ingest_server() as ingest:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from marked import counted, mark  # beside this script, on its path
+from marked import add_counting, counted, mark  # beside this script, on its path
 
 WARM_UP = 64  # span records imported first, into the same stores
 
@@ -84,14 +84,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000, help="span records per import")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--instructions",
-        type=int,
-        default=0,
-        metavar="EVENTS",
-        help="also count instructions under callgrind, importing this many span records",
-    )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_counting(parser, "importing this many span records")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if args.child:

@@ -8,6 +8,7 @@ time, so dump ``n`` holds what ran between mark ``n - 1`` and mark ``n``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -18,6 +19,19 @@ import tempfile
 def mark() -> None:
     """Where the counted script's steps meet: callgrind dumps its counters here."""
     os.getpgid(0)
+
+
+def add_counting(parser: argparse.ArgumentParser, what: str) -> None:
+    """A counted script's options: ``--instructions N`` (``what``: of the N), and the
+    hidden ``--child`` under which it runs the counted steps between its marks."""
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="EVENTS",
+        help=f"also count instructions under callgrind, {what}",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
 def counted(script: str, args: list[str], marks: int) -> list[int]:
