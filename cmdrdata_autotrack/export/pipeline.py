@@ -829,9 +829,9 @@ class Pipeline:
             self.breaker.success()
             self.refusal = None
             self._batch_works(spool)
-            delivered = [x.event_id for x in leased if x.event_id not in failed]
-            spool.ack(delivered, sum(len(x.body) for x in leased if x.event_id not in failed))
-            metrics.increment("events_delivered", len(delivered))
+            done = [x for x in leased if x.event_id not in failed]
+            spool.ack([x.event_id for x in done], sum(len(x.body) for x in done))
+            metrics.increment("events_delivered", len(done))
             retries: dict[Result, list[Leased]] = {}
             for item in leased:
                 result = failed.get(item.event_id)
