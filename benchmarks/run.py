@@ -13,8 +13,10 @@ Sections (``--only`` takes a comma-separated list; all by default):
 
 Every candidate runs in a worker process of its own (``worker.py``) in a virtualenv
 this script makes (``benchmarks/.venv-peers``: ``requirements.txt`` plus this
-repository, editable); candidates interleave A B C, B C A, ... over several rounds,
-and tables give medians over rounds of per-round differences against the baseline.
+repository, editable). The per-call section keeps one worker per candidate running and
+takes, round after round, one block of each workload from each candidate, back to back
+(A B C, B C A, ...); tables give medians over rounds of per-round differences against
+the baseline.
 The script prints the tables, writes ``benchmarks/results/latest.json`` and
 ``latest.md``, and exits non-zero only when something could not run: it asserts no
 timing.
@@ -97,8 +99,7 @@ NON_STREAMING = ("chat", "responses", "embeddings")
 class Sizes:
     """How much each section does (``--quick`` divides most of it)."""
 
-    rounds: int
-    blocks: int
+    rounds: int  # of the per-call section: one block of each workload from each candidate
     warmup: int
     calls: dict[str, int]
     cmdrdata_openai_scale: float
@@ -112,8 +113,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=5,
-    blocks=2,
+    rounds=20,
     warmup=30,
     calls={"chat": 300, "stream20": 150, "stream200": 40, "responses": 300, "embeddings": 300},
     cmdrdata_openai_scale=0.1,
@@ -126,8 +126,7 @@ FULL = Sizes(
     startup_rounds=15,
 )
 QUICK = Sizes(
-    rounds=2,
-    blocks=1,
+    rounds=3,
     warmup=15,
     calls={"chat": 150, "stream20": 60, "stream200": 15, "responses": 150, "embeddings": 150},
     cmdrdata_openai_scale=0.1,
@@ -478,11 +477,78 @@ class Context:
 # --- overhead and peers --------------------------------------------------------------------------
 
 
+class Served:
+    """A candidate's worker kept running (``worker.py calls --answers``), measuring a block
+    of a workload whenever asked, so that every candidate's block of a workload runs back
+    to back with the others' rather than a minute apart."""
+
+    def __init__(self, ctx: Context, candidate: str, plan: dict[str, Any]) -> None:
+        self.candidate = candidate
+        self.errors = Path(tempfile.mkstemp(dir=ctx.scratch, suffix=".err")[1])
+        self.out = Path(tempfile.mkstemp(dir=ctx.scratch, suffix=".json")[1])
+        answers, theirs = os.pipe()
+        command = [str(ctx.python), str(WORKER), "calls", "--out", str(self.out)]
+        command += ["--plan", json.dumps(plan), "--answers", str(theirs)]
+        with self.errors.open("w") as errors:
+            self.process = subprocess.Popen(
+                command,
+                env=ctx.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,  # the peers' logs
+                stderr=errors,
+                text=True,
+                pass_fds=(theirs,),
+            )
+        os.close(theirs)
+        self.answers = os.fdopen(answers)
+        ready = self._answer()
+        if "versions" in ready and not ctx.versions:
+            ctx.versions = ready["versions"]
+
+    def block(self, workload: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(workload + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # it has ended: _answer says why
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        line = self.answers.readline()
+        if not line:
+            self.process.wait(60)
+            tail = "\n".join(self.errors.read_text().strip().splitlines()[-15:])
+            raise CouldNotRun(
+                f"worker calls {self.candidate} failed ({self.process.returncode}):\n{tail}"
+            )
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()  # the end of its input: it writes its result, exits
+        try:
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.answers.close()
+
+
 def run_calls(ctx: Context, candidates: list[str]) -> dict[str, Any]:
+    """Every candidate's worker started and warmed up (one at a time), then rounds: in each,
+    for each workload, one block of each candidate, back to back, in an order that turns
+    from one round to the next. Started once, the workers leave time for many rounds:
+    on a shared VM a round's differences spread by hundreds of microseconds (the
+    machine's slow spells are shorter than a round), and only their median over many
+    rounds holds still from one run to the next."""
     sizes = ctx.sizes
-    raw: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
-    for round_index in range(sizes.rounds):
-        for candidate in rotate(candidates, round_index):
+    workloads = list(sizes.calls)
+    served: dict[str, Served] = {}
+    try:
+        for candidate in candidates:
             counts = dict(sizes.calls)
             if candidate == "cmdrdata-openai":
                 counts = {
@@ -494,17 +560,26 @@ def run_calls(ctx: Context, candidates: list[str]) -> dict[str, Any]:
                 "ingest": ctx.fakes.ingest_url,
                 "spool": ctx.spool(candidate),
                 "workloads": counts,
-                "blocks": sizes.blocks,
                 "warmup": sizes.warmup,
             }
             started = time.monotonic()
-            result = ctx.worker("calls", ["--plan", json.dumps(plan)])
-            raw[candidate].append(result["blocks"])
-            log(
-                f"calls: round {round_index + 1}/{sizes.rounds} {candidate} "
-                f"({time.monotonic() - started:.0f} s)"
-            )
-    return summarize_calls(raw, candidates, list(sizes.calls))
+            served[candidate] = Served(ctx, candidate, plan)
+            log(f"calls: {candidate} ready ({time.monotonic() - started:.0f} s)")
+        rounds = sizes.rounds
+        raw: dict[str, list[dict[str, list[dict[str, Any]]]]] = {c: [] for c in candidates}
+        for round_index in range(rounds):
+            started = time.monotonic()
+            for c in candidates:
+                raw[c].append({w: [] for w in workloads})
+            for offset, workload in enumerate(workloads):
+                for candidate in rotate(candidates, round_index + offset):
+                    block = served[candidate].block(workload)
+                    raw[candidate][round_index][workload].append(block)
+            log(f"calls: round {round_index + 1}/{rounds} ({time.monotonic() - started:.0f} s)")
+    finally:
+        for worker in served.values():
+            worker.close()
+    return summarize_calls(raw, candidates, workloads)
 
 
 def summarize_calls(

@@ -7,10 +7,11 @@ into the file named by ``--out`` (peers write logs to standard output).
 
 Modes:
 
-* ``calls``: per-call cost of one candidate over several workloads (blocks of calls,
-  interleaved), wall time per call on the calling thread and CPU time of the whole
-  process (``time.process_time()``: every thread), the flush that delivers the block's
-  usage included.
+* ``calls``: per-call cost of one candidate over several workloads (blocks of calls),
+  wall time per call on the calling thread and CPU time of the whole process
+  (``time.process_time()``: every thread), the flush that delivers the block's usage
+  included. With ``--answers`` it measures a block whenever ``run.py`` asks, so that
+  every candidate's block of a workload runs back to back with the others'.
 * ``delivery``: events per second drained from the agent's spool to the ingest server.
 * ``outage``: many calls with the tracker up or unreachable: latency percentiles, RSS
   and spool size over time.
@@ -366,77 +367,102 @@ def make_call(candidate: Candidate, workload: str) -> Callable[[], None]:
 # --- modes -----------------------------------------------------------------------------------
 
 
+class CallsLoop:
+    """One candidate made, warmed up and checked, and its blocks measured on demand."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.name = plan["candidate"]
+        self.ingest = plan["ingest"]
+        self.candidate = make_candidate(self.name, plan["openai"], self.ingest, plan["spool"])
+        self.counts: dict[str, int] = plan["workloads"]
+        self.calls = {w: make_call(self.candidate, w) for w in self.counts}
+        start = self.delivered()
+        for call in self.calls.values():
+            for _ in range(plan["warmup"]):
+                call()
+        self.candidate.flush()
+        if self.name != "baseline" and self.delivered() == start:
+            # An agent that failed to start lets the app run on unmetered, by design: that
+            # must fail the benchmark, not pass for a zero overhead.
+            raise RuntimeError(f"{self.name} metered none of the warm-up calls")
+
+    def delivered(self) -> int:
+        if self.candidate.produced is not None:
+            return self.candidate.produced()
+        return int(http_json(self.ingest + "/stats")["events"])
+
+    def block(self, workload: str) -> dict[str, Any]:
+        """``counts[workload]`` calls, then the flush that delivers their usage, measured."""
+        call, n = self.calls[workload], self.counts[workload]
+        walls = array("d")
+        gc.collect()
+        before = self.delivered()
+        threads = thread_cpu_ns()
+        clock, perf = time.process_time, time.perf_counter
+        calling0 = time.thread_time_ns()
+        cpu0 = clock()
+        for _ in range(n):
+            started = perf()
+            call()
+            walls.append(perf() - started)
+        cpu1 = clock()
+        calling1 = time.thread_time_ns()  # the calls alone: what the app's thread pays
+        flush_started = perf()
+        self.candidate.flush()
+        flush_wall = perf() - flush_started
+        cpu2 = clock()
+        by_thread = cpu_by_thread(threads, n)
+        after = self.delivered()
+        return {
+            "calls": n,
+            "wall_median_us": statistics.median(walls) * 1e6,
+            "wall_mean_us": statistics.fmean(walls) * 1e6,
+            "cpu_calls_us": (cpu1 - cpu0) / n * 1e6,
+            "cpu_total_us": (cpu2 - cpu0) / n * 1e6,
+            "flush_ms": flush_wall * 1e3,
+            "events_per_call": (after - before) / n,
+            "cpu_calling_us": by_thread.get("calling", 0.0),
+            "cpu_calling_calls_us": (calling1 - calling0) / n / 1000,
+            "cpu_threads_us": by_thread,
+        }
+
+
 def run_calls(args: argparse.Namespace) -> dict[str, Any]:
     plan = json.loads(args.plan)
-    ingest = plan["ingest"]
-    candidate = make_candidate(plan["candidate"], plan["openai"], ingest, plan["spool"])
-    counts: dict[str, int] = plan["workloads"]
-    calls = {w: make_call(candidate, w) for w in counts}
-
-    def delivered() -> int:
-        if candidate.produced is not None:
-            return candidate.produced()
-        return int(http_json(ingest + "/stats")["events"])
-
-    start = delivered()
-    for call in calls.values():
-        for _ in range(plan["warmup"]):
-            call()
-    candidate.flush()
-    if plan["candidate"] != "baseline" and delivered() == start:
-        # An agent that failed to start lets the app run on unmetered, by design: that
-        # must fail the benchmark, not pass for a zero overhead.
-        raise RuntimeError(f"{plan['candidate']} metered none of the warm-up calls")
-
+    loop = CallsLoop(plan)
+    if args.answers is not None:
+        return serve_blocks(loop, args.answers)
     sampler = CpuSampler(plan.get("profile_interval", 0.001)) if plan.get("profile") else None
     if sampler is not None:
         sampler.start()
     deterministic = cProfile.Profile() if plan.get("cprofile") else None
     if deterministic is not None:  # the calling thread only
         deterministic.enable()
-    results: dict[str, list[dict[str, Any]]] = {w: [] for w in counts}
+    results: dict[str, list[dict[str, Any]]] = {w: [] for w in loop.counts}
     for _ in range(plan["blocks"]):
-        for workload, call in calls.items():
-            n = counts[workload]
-            walls = array("d")
-            gc.collect()
-            before = delivered()
-            threads = thread_cpu_ns()
-            clock, perf = time.process_time, time.perf_counter
-            calling0 = time.thread_time_ns()
-            cpu0 = clock()
-            for _ in range(n):
-                started = perf()
-                call()
-                walls.append(perf() - started)
-            cpu1 = clock()
-            calling1 = time.thread_time_ns()  # the calls alone: what the app's thread pays
-            flush_started = perf()
-            candidate.flush()
-            flush_wall = perf() - flush_started
-            cpu2 = clock()
-            by_thread = cpu_by_thread(threads, n)
-            after = delivered()
-            results[workload].append(
-                {
-                    "calls": n,
-                    "wall_median_us": statistics.median(walls) * 1e6,
-                    "wall_mean_us": statistics.fmean(walls) * 1e6,
-                    "cpu_calls_us": (cpu1 - cpu0) / n * 1e6,
-                    "cpu_total_us": (cpu2 - cpu0) / n * 1e6,
-                    "flush_ms": flush_wall * 1e3,
-                    "events_per_call": (after - before) / n,
-                    "cpu_calling_us": by_thread.get("calling", 0.0),
-                    "cpu_calling_calls_us": (calling1 - calling0) / n / 1000,
-                    "cpu_threads_us": by_thread,
-                }
-            )
+        for workload in loop.counts:
+            results[workload].append(loop.block(workload))
     if sampler is not None:
         sampler.stop(plan["profile"])
     if deterministic is not None:
         deterministic.disable()
         deterministic.dump_stats(plan["cprofile"])
     return {"candidate": plan["candidate"], "versions": versions(), "blocks": results}
+
+
+def serve_blocks(loop: CallsLoop, answers: int) -> dict[str, Any]:
+    """Blocks on demand, so that ``run.py`` can take every candidate's block of a workload
+    back to back: a workload's name per line on standard input, a line of JSON per block
+    on the ``answers`` descriptor (standard output is the peers' log). A first line says
+    the candidate is ready; an empty line or the end of the input ends it."""
+    with os.fdopen(answers, "w", buffering=1) as out:
+        out.write(json.dumps({"ready": True, "versions": versions()}) + "\n")
+        for line in sys.stdin:
+            workload = line.strip()
+            if not workload:
+                break
+            out.write(json.dumps(loop.block(workload)) + "\n")
+    return {"candidate": loop.name, "served": True}
 
 
 def sample_record(index: int) -> dict[str, Any]:
@@ -611,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = parser.add_subparsers(dest="mode_name", required=True)
     calls = modes.add_parser("calls")
     calls.add_argument("--plan", required=True, help="JSON: candidate, urls, workloads, ...")
+    calls.add_argument(
+        "--answers", type=int, help="serve blocks on demand, answering on this descriptor"
+    )
     delivery = modes.add_parser("delivery")
     delivery.add_argument("--ingest", required=True)
     delivery.add_argument("--spool", required=True)
