@@ -130,7 +130,11 @@ def _usage(draw: st.DrawFn) -> dict[str, int]:
     }
 
 
-TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=12),
+    # content that spells what the byte searches look for (JSON escapes its quotes)
+    st.sampled_from(["usage", "\\", '"usage":{', ',"usage":null', "[]", '"choices":[]']),
+)
 NAME = st.sampled_from(["event", "id", "retry", "foo", "dat", "data2", ""])
 VALUE = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=8)
 
@@ -177,6 +181,8 @@ def event_lines(draw: st.DrawFn) -> list[str]:
             elif draw(st.booleans()):
                 value["usage"] = None
         data = _json(draw, value)
+        if kind == "usage" and draw(st.integers(0, 3)) == 0:  # its key spelled with an escape
+            data = [part.replace('"usage"', '"\\u0075sage"') for part in data]
     lines = [("data: " if draw(st.booleans()) else "data:") + part for part in data]
     # other fields, comments and unknown lines around the data
     for _ in range(draw(st.integers(0, 2))):

@@ -458,6 +458,21 @@ def test_a_usage_key_spelled_with_escapes_is_read_without_hiding() -> None:
     assert observer.usage is not None and observer.usage.total_tokens == 14
 
 
+@pytest.mark.parametrize("hide", [True, False], ids=["hiding", "not hiding"])
+def test_a_later_usage_key_spelled_with_escapes_wins_over_an_earlier_plain_one(
+    hide: bool,
+) -> None:
+    # The last report is the call's usage, however its key is spelled; a plain key after it
+    # whose value is no usage (cut short) does not bring the earlier report back.
+    observer = SSEObserver("chat", hide_usage_chunk=hide)
+    earlier = {**content("x"), "usage": {**USAGE, "completion_tokens": 1, "total_tokens": 6}}
+    spelled = json.dumps(USAGE_CHUNK).replace('"usage"', '"\\u0075sage"')
+    body = event(earlier) + event({}, text=spelled) + event({}, text='{"usage": {"prompt')
+    observer.feed(body)
+    observer.flush()
+    assert observer.usage is not None and observer.usage.total_tokens == 14
+
+
 # --- not hiding: usage and how the stream ended are read with any framing -----------------
 
 

@@ -198,9 +198,11 @@ def _one_line_end(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in data else data
 
 
-def _events_backwards(text: bytes, first: int, limit: int) -> Iterator[bytes]:
-    """The last ``limit`` events of ``text`` (LF line ends) from ``first`` on, last first."""
-    stop = len(text)
+def _events_backwards(
+    text: bytes, first: int, limit: int, end: int | None = None
+) -> Iterator[bytes]:
+    """The last ``limit`` events of ``text[first:end]`` (LF line ends), last first."""
+    stop = len(text) if end is None else end
     while stop > first and limit > 0:
         cut = text.rfind(b"\n\n", first, stop)
         yield text[cut + 2 if cut >= 0 else first : stop]
@@ -614,20 +616,36 @@ class SSEObserver:
 
     def _last_usage(self, text: bytes, first: int, parsed: tuple[bytes, Any]) -> Usage | None:
         """The usage of the last event that reports one (a repeated report is one call)."""
+        unread = len(text)  # text[unread:] was looked at for keys spelled with escapes
         for at in self._usage_keys(text, first):
             cut = text.rfind(b"\n\n", first, at)
             stop = text.find(b"\n\n", at)
+            if stop >= 0 and text.find(b"\\u", stop, unread) >= 0:
+                # An event after this plain key may spell its "usage" key with escapes.
+                later = self._escaped_usage(text, stop, unread)
+                if later is not None:
+                    return later
+            unread = max(cut, first)
             event = text[cut + 2 if cut >= 0 else first : stop if stop >= 0 else None]
             if event == self._hidden_event:  # read when it was hidden (its facts merged then)
                 return self._hidden_usage
             usage = self._usage_of(parsed[1] if event == parsed[0] else event_data(event))
             if usage is not None:
                 return usage
-        if b"\\u" in text:  # a "usage" key spelled with escapes: looked for near the end only
-            for event in _events_backwards(text, first, ESCAPED_KEY_EVENTS):
-                usage = self._usage_of(event_data(event)) if b"\\u" in event else None
-                if usage is not None:
-                    return usage
+        if text.find(b"\\u", first, unread) >= 0:  # escaped keys: looked for near the end only
+            return self._escaped_usage(text, first, unread)
+        return None
+
+    def _escaped_usage(self, text: bytes, first: int, end: int) -> Usage | None:
+        """The usage of one of the last events of ``text[first:end]``, its key escaped."""
+        for event in _events_backwards(text, first, ESCAPED_KEY_EVENTS, end):
+            if b"\\u" not in event:
+                continue
+            if event == self._hidden_event:
+                return self._hidden_usage
+            usage = self._usage_of(event_data(event))
+            if usage is not None:
+                return usage
         return None
 
     @staticmethod
