@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 PIECES = {
     "the loop alone": "pass",  # first: taken off the others
     "tap: the fast path's read (feed)": "feed(chunk)",
+    "tap: feed and the usage: null member in one step (hand_on)": "hand_on(chunk)",
     "tap: the usage: null member taken out": "without_null_usage(chunk)",
     "tap: the empty-array search": "empty_array(chunk)",
     "tap: the event-end check": "chunk.endswith(ends)",
@@ -57,6 +58,7 @@ observer = observers.SSEObserver("chat", hide_usage_chunk=True)
 for event in events[:2]:
     observer.feed(event)  # past the first event: the reads that follow
 feed = observer.feed
+hand_on = observer.hand_on
 """
 
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
 
-from cmdrdata_autotrack.instrumentation.openai.observers import SSEObserver
+from cmdrdata_autotrack.instrumentation.openai.observers import SSEObserver, without_null_usage
 
 # None of these tests drives the openai SDK (bar those marked drives_sdk): newest SDK only.
 pytestmark = pytest.mark.sdk_independent
@@ -319,6 +319,22 @@ def test_without_hiding_the_bytes_pass_unchanged_and_usage_is_read(
     out = b"".join(observer.feed(piece) for piece in _pieces(stream, sizes))
     assert out + observer.flush() == stream.body
     _assert_read(observer, stream)
+
+
+@SETTINGS
+@given(streams(), splits)
+def test_hand_on_is_feed_then_without_null_usage(stream: Stream, sizes: list[int]) -> None:
+    # The tap's one-step read (its shortcut skips the empty-array search) against the two
+    # steps it stands for, read by read, on twin observers.
+    one = SSEObserver("chat", hide_usage_chunk=True)
+    two = SSEObserver("chat", hide_usage_chunk=True)
+    for piece in _pieces(stream, sizes):
+        fed = two.feed(piece)
+        assert one.hand_on(piece) == (without_null_usage(fed) if fed else fed)
+        assert one.held_back == two.held_back
+    assert one.flush() == two.flush()
+    assert (one.usage, one.terminal, one.hidden) == (two.usage, two.terminal, two.hidden)
+    _assert_read(one, stream)
 
 
 def _assert_read(observer: SSEObserver, stream: Stream) -> None:

@@ -78,8 +78,8 @@ async def _rechunk_async(source: AsyncGenerator[bytes, None], size: int) -> Asyn
 def _observe_sync(source: Iterator[bytes], call: Tapped) -> Generator[bytes, None, None]:
     observer = call.observer
     assert observer is not None
-    feed = observer.feed
     restore = _cuts_bytes_out(call)  # the agent asked for the usage: it takes its traces out
+    feed = observer.hand_on if restore else observer.feed  # hand_on strips "usage": null
     call.reading = True  # a close() from inside the read (httpx does that) is not the end
     try:
         for chunk in source:
@@ -88,7 +88,7 @@ def _observe_sync(source: Iterator[bytes], call: Tapped) -> Generator[bytes, Non
                 call.on_first_chunk()
             out = feed(chunk)
             if out:
-                yield without_null_usage(out) if restore else out
+                yield out
             call.reading = True
         rest = observer.flush()
         if rest:
@@ -107,8 +107,8 @@ def _observe_sync(source: Iterator[bytes], call: Tapped) -> Generator[bytes, Non
 async def _observe_async(source: AsyncIterator[bytes], call: Tapped) -> AsyncGenerator[bytes, None]:
     observer = call.observer
     assert observer is not None
-    feed = observer.feed
     restore = _cuts_bytes_out(call)  # the agent asked for the usage: it takes its traces out
+    feed = observer.hand_on if restore else observer.feed  # hand_on strips "usage": null
     call.reading = True
     try:
         async for chunk in source:
@@ -117,7 +117,7 @@ async def _observe_async(source: AsyncIterator[bytes], call: Tapped) -> AsyncGen
                 call.on_first_chunk()
             out = feed(chunk)
             if out:
-                yield without_null_usage(out) if restore else out
+                yield out
             call.reading = True
         rest = observer.flush()
         if rest:

@@ -353,6 +353,24 @@ class SSEObserver:
                 and not self.failed
             )
 
+    def hand_on(self, chunk: bytes) -> bytes:
+        """:meth:`feed` then :func:`without_null_usage`, in one call for the usual read.
+
+        The tap calls this for every chunk while hiding; the fast path is feed's (whole
+        events past the first, none with an empty array), inlined with the strip.
+        """
+        if self._fast and chunk.endswith(_ENDS_AT_EVENT_LF) and _EMPTY_ARRAY(chunk) is None:
+            self._tail.append(chunk)  # the bytes as they came: the tail is read as sent
+            self._tail_bytes += len(chunk)
+            if self._tail_bytes > self.TAIL_LIMIT:
+                self._trim_tail()
+            out = chunk.replace(_NULL_USAGE, b"")
+            if len(out) != len(chunk) or b'"usage"' not in out:
+                return out
+            return _without_spelled_null_usage(out)
+        out = self.feed(chunk)
+        return without_null_usage(out) if out else out
+
     def _frame(self, chunk: bytes) -> bytes:
         """Hand on ``chunk`` event by event, leaving out usage-only chunks."""
         out: list[bytes] = []
