@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def add_counting(parser: argparse.ArgumentParser, what: str) -> None:
 def counted(script: str, args: list[str], marks: int) -> list[int]:
     """Run ``script`` with ``args`` under callgrind; the instructions between each pair of
     its ``marks`` marks (``marks - 1`` counts)."""
+    spans = counted_all(script, args)
+    if len(spans) != marks - 1:
+        raise RuntimeError(f"{script} made {len(spans) + 1} marks, not {marks}")
+    return spans
+
+
+def counted_all(script: str, args: list[str]) -> list[int]:
+    """Run ``script`` with ``args`` under callgrind; the instructions between each pair of
+    its marks, however many it made."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -57,7 +67,10 @@ def counted(script: str, args: list[str], marks: int) -> list[int]:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "TMPDIR": folder},  # what the script leaves goes with the dumps
         )
-        return [_total(os.path.join(folder, f"out.{part}")) for part in range(2, marks + 1)]
+        # out.N: from mark N - 1 to mark N (out.1 from the start); "out": the rest, to the exit
+        dumps = (re.fullmatch(r"out\.(\d+)", name) for name in os.listdir(folder))
+        parts = sorted(int(match.group(1)) for match in dumps if match)
+        return [_total(os.path.join(folder, f"out.{part}")) for part in parts[1:]]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

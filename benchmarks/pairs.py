@@ -50,7 +50,9 @@ WORKLOADS = ("chat", "responses", "embeddings", "stream20", "stream200")
 STREAM_CHUNKS = {"stream20": 20, "stream200": 200}  # content chunks (the fake's max_tokens)
 
 
-def _calls(client: Any) -> dict[str, Callable[[bool], Any]]:
+def _calls(
+    client: Any, streams: dict[str, int] = STREAM_CHUNKS
+) -> dict[str, Callable[[bool], Any]]:
     messages = [{"role": "user", "content": "hi"}]
 
     def stream(chunks: int) -> Callable[[bool], None]:
@@ -68,7 +70,7 @@ def _calls(client: Any) -> dict[str, Callable[[bool], Any]]:
         return call
 
     return {
-        **{name: stream(chunks) for name, chunks in STREAM_CHUNKS.items()},
+        **{name: stream(chunks) for name, chunks in streams.items()},
         "chat": lambda track: client.chat.completions.create(
             model="gpt-4o-mini", messages=messages, customer_id="acme", track_usage=track
         ),
