@@ -50,7 +50,7 @@ from ..telemetry import metrics
 from ..telemetry.logging import error_once, warn_once
 from ..usage import snapshot
 from ..usage.work import is_deferred_work
-from . import fleet_ledger, fleet_outbox, metered_store
+from . import fleet_ledger, fleet_outbox, jsontext, metered_store
 from . import identity as identities
 from . import ledger as ledger_db
 from .backoff import MAX_TIMEOUT_S, CircuitBreaker, backoff_delay, clamp
@@ -75,16 +75,16 @@ IDLE_WAIT_S = 1.0
 # How often a lead sender forgets delivered ids: the table holds about this long's ids
 # (and the journal's margin's), so an acknowledgement writes into a small table.
 PRUNE_DELIVERED_EVERY_S = 60.0
-# A journal line, compact; built once (json.dumps with options makes an encoder per call).
-# Records are flat JSON made by the processor, never circular: no check needed.
-# A span record's line; a response copy in it holds the SDK's objects (usage.snapshot).
-_JOURNAL_LINE = json.JSONEncoder(
-    separators=(",", ":"), check_circular=False, skipkeys=True, default=snapshot.fields_of
-)
+# A journal line, compact, its encoder made once (see jsontext). Records are flat JSON
+# made by the processor, never circular: no check needed. A response copy in a span
+# record's line holds the SDK's objects (usage.snapshot).
+_journal_text = jsontext.compact_encoder(snapshot.fields_of, skipkeys=True)
 # An event's body as spooled and sent: no NaN passes (the events API would refuse it).
-_EVENT_BODY = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# A journal line is UTF-8 (the journal writes it so): decoded as that, not sniffed per line.
-_LINE = json.JSONDecoder()
+# Built by usage.event from plain values, never circular.
+_event_body = jsontext.compact_encoder(allow_nan=False)
+# A journal line is UTF-8 (the journal writes it so): decoded as that, not sniffed per
+# line, and scanned as the one value it is.
+_decode_line = jsontext.line_decoder()
 HELPER_IDLE_S = 5.0  # a helper sender with no backlog to help with checks for a stop this often
 SINGLE_MODE_LEASE = 8
 LEASE_MARGIN_S = 10.0
@@ -119,14 +119,14 @@ def journal_line(record: dict[str, Any]) -> str:
     so the event is kept. Raises what the encoder raises for anything else.
     """
     try:
-        return _JOURNAL_LINE.encode(record) + "\n"
+        return _journal_text(record) + "\n"
     except (ValueError, RecursionError, TypeError):
         pending = record.get("x")
         if pending is None:
             raise
     plain = {key: value for key, value in record.items() if key != "x"}
     plain["a"] = resolved_attributes(record)
-    return _JOURNAL_LINE.encode(plain) + "\n"
+    return _journal_text(plain) + "\n"
 
 
 def _events_of(
@@ -141,11 +141,11 @@ def _events_of(
     for line in lines:
         try:
             text = line.decode()
-            event = _LINE.decode(text)
+            event = _decode_line(text)
             if "a" in event and "event_id" not in event:  # a span record
                 again = is_deferred_work(event["a"])
                 event = span_record_to_event(event, unattributed)
-                raw = _EVENT_BODY.encode(event)
+                raw = _event_body(event)
             else:  # an event already: its line is its body
                 again, raw = True, text
             events.append((event["event_id"], raw, event))
