@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from typing import Any
 
 import pytest
@@ -86,6 +87,14 @@ def test_one_encoder_serves_many_calls_and_threads() -> None:
     with ThreadPoolExecutor(4) as pool:
         texts = list(pool.map(encode, items))
     assert texts == [standard().encode(item) for item in items]
+
+
+@pytest.mark.skipif(platform.python_implementation() != "CPython", reason="CPython's C encoder")
+def test_on_cpython_the_encoder_made_once_is_the_one_used() -> None:
+    # (where it wrote other text than the standard encoder, the standard one would be)
+    assert jsontext._make_c_encoder is not None
+    for encoder in (jsontext.compact_encoder(), jsontext.compact_encoder(allow_nan=False)):
+        assert not isinstance(getattr(encoder, "__self__", None), json.JSONEncoder)
 
 
 def test_without_the_c_encoder_the_standard_one_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
